@@ -1,0 +1,90 @@
+"""Engine counters: OpenSIPS's dialog statistics plus transport/parser counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+#: (name, resettable) for the ``dialog:`` group, in OpenSIPS's order (reference §5.3).
+DIALOG_STATS: tuple[tuple[str, bool], ...] = (
+    ("active_dialogs", False),
+    ("early_dialogs", False),
+    ("processed_dialogs", True),
+    ("expired_dialogs", True),
+    ("failed_dialogs", True),
+    ("create_sent", True),
+    ("update_sent", True),
+    ("delete_sent", True),
+    ("create_recv", True),
+    ("update_recv", True),
+    ("delete_recv", True),
+)
+
+
+class Stats:
+    """Plain integer counters; cheap to bump on the hot path."""
+
+    __slots__ = (
+        "active_dialogs",
+        "early_dialogs",
+        "processed_dialogs",
+        "expired_dialogs",
+        "failed_dialogs",
+        "create_sent",
+        "update_sent",
+        "delete_sent",
+        "create_recv",
+        "update_recv",
+        "delete_recv",
+        "rcv_requests",
+        "rcv_replies",
+        "fwd_requests",
+        "fwd_replies",
+        "drop_requests",
+        "drop_replies",
+        "err_requests",
+        "err_replies",
+        "parse_errors",
+        "retransmissions",
+        "tcp_connections",
+        "requests_by_method",
+        "replies_by_class",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+        self.requests_by_method: Counter[str] = Counter()
+        self.replies_by_class: Counter[str] = Counter()
+
+    def dialog_stats(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name, _ in DIALOG_STATS}
+
+    def core_stats(self) -> dict[str, int]:
+        return {
+            name: getattr(self, name)
+            for name in (
+                "rcv_requests",
+                "rcv_replies",
+                "fwd_requests",
+                "fwd_replies",
+                "drop_requests",
+                "drop_replies",
+                "err_requests",
+                "err_replies",
+                "parse_errors",
+                "retransmissions",
+                "tcp_connections",
+            )
+        }
+
+    def reset(self, name: str) -> bool:
+        """Reset one resettable counter; False if it is not resettable."""
+        for stat, resettable in DIALOG_STATS:
+            if stat == name:
+                if resettable:
+                    setattr(self, name, 0)
+                return resettable
+        if name in self.core_stats():
+            setattr(self, name, 0)
+            return True
+        return False
