@@ -102,7 +102,11 @@ _KIND_TYPE: dict[str, Any] = {"string": MiStr, "int": MiInt, "array": MiStrArray
 _KIND_JSON: dict[str, dict[str, Any]] = {
     "string": {"type": ["string", "number"]},
     "int": {
-        "anyOf": [{"type": "integer"}, {"type": "number"}, {"type": "string", "pattern": r"^\s*[+-]?[0-9]+\s*$"}]
+        "anyOf": [
+            {"type": "integer"},
+            {"type": "number"},
+            {"type": "string", "pattern": r"^\s*[+-]?[0-9]+\s*$"},
+        ]
     },
     "array": {"type": "array", "items": {"type": "string"}, "minItems": 1},
 }
@@ -490,7 +494,9 @@ def _params_schema(cmd: Command) -> dict[str, Any]:
     """What ``params`` may be for ``cmd``: absent, one object per recipe, or arrays."""
     alternatives: list[dict[str, Any]] = []
     for recipe in cmd.recipes:
-        props = {p.name: {**_KIND_JSON[p.kind], "description": p.description} for p in recipe.params}
+        props = {
+            p.name: {**_KIND_JSON[p.kind], "description": p.description} for p in recipe.params
+        }
         alternatives.append(
             {
                 "type": "object",
