@@ -1,0 +1,323 @@
+"""The MI command handlers: what each command does once its params matched a recipe.
+
+Handlers receive the service and the validated pydantic params (see ``schemas.mi``), and return
+a JSON-able value, a :class:`RawResult` (pre-serialized JSON, for big listings) or raise
+:class:`MiError` for a command-level error such as 404 "No such dialog".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from engine.dialog import Dialog
+from engine.dlg_table import DialogTable
+from engine.stats import DIALOG_STATS, Stats
+from schemas.mi import COMMANDS
+
+from .mi_format import dialog_json, to_wire
+
+log = logging.getLogger("sipdlg.mi")
+
+#: Dialogs serialized between two yields to the event loop during a listing.
+SLICE = 500
+
+
+class Engine(Protocol):
+    dialogs: DialogTable
+    stats: Stats
+
+
+class MIService(Protocol):
+    """What the MI needs from the running server (``app/server.py``)."""
+
+    engine: Engine
+    started_at: float
+    version: str
+
+    def end_dialog(
+        self, dlg: Dialog, reason: str = ..., extra_headers: str = ...
+    ) -> bool | Awaitable[bool]: ...
+
+
+class MiError(Exception):
+    """A command-level error: OpenSIPS's small positive codes (404, 500, ...)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+
+class RawResult:
+    """A ``result`` already serialized to UTF-8 JSON, in pieces, written as is."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+Handler = Callable[[MIService, BaseModel], Awaitable[Any]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    """Register the handler of a command declared in ``schemas.mi.COMMANDS``."""
+
+    def register(fn: Handler) -> Handler:
+        assert name in COMMANDS, name
+        HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+def _get(params: BaseModel, name: str) -> Any:
+    return getattr(params, name, None)
+
+
+# --------------------------------------------------------------------------------------------
+# dlg_list / dlg_list_ctx
+# --------------------------------------------------------------------------------------------
+
+
+async def _serialize(dialogs: Iterable[Dialog], ctx: bool, head: str) -> RawResult:
+    """``head`` + the dialogs as a JSON array + ``]}``, yielding every SLICE dialogs."""
+    chunks: list[bytes] = []
+    dates: dict[int, str] = {}
+    part: list[str] = [head, "["]
+    n = 0
+    for dlg in dialogs:
+        if n:
+            part.append(",")
+        part.append(dialog_json(dlg, dates, ctx))
+        n += 1
+        if n % SLICE == 0:
+            chunks.append(to_wire("".join(part)))
+            part = []
+            await asyncio.sleep(0)
+    part.append("]}")
+    chunks.append(to_wire("".join(part)))
+    return RawResult(chunks)
+
+
+async def _skip(it: Iterable[Dialog], count: int) -> Iterable[Dialog]:
+    """Advance past ``count`` dialogs, yielding now and then on a huge index."""
+    iterator = iter(it)
+    for n in range(count):
+        if next(iterator, None) is None:
+            return iterator
+        if n % 20000 == 19999:
+            await asyncio.sleep(0)
+    return iterator
+
+
+def _take(it: Iterable[Dialog], count: int) -> Iterable[Dialog]:
+    for n, dlg in enumerate(it):
+        if n >= count:
+            return
+        yield dlg
+
+
+async def _list(service: MIService, params: BaseModel, ctx: bool) -> Any:
+    table = service.engine.dialogs
+    callid = _get(params, "callid")
+    if callid is not None:
+        dlg = table.get_by_callid(callid, _get(params, "from_tag"))
+        if dlg is None:
+            raise MiError(404, "No such dialog")
+        return RawResult([to_wire('{"Dialog":' + dialog_json(dlg, {}, ctx) + "}")])
+    index = _get(params, "index")
+    if index is None:
+        return await _serialize(table, ctx, '{"Dialogs":')
+    # OpenSIPS takes index/counter as unsigned ints: -1 is a huge index (empty page), counter
+    # 0 turns pagination off (full list, no "count"), a negative counter is "all the rest".
+    idx = index & 0xFFFFFFFF
+    cnt = _get(params, "counter") & 0xFFFFFFFF
+    if cnt == 0:
+        return await _serialize(table, ctx, '{"Dialogs":')
+    total = len(table)
+    if idx >= total:
+        return RawResult([to_wire(f'{{"count":{total},"Dialogs":[]}}')])
+    rest = await _skip(table, idx)
+    return await _serialize(_take(rest, cnt), ctx, f'{{"count":{total},"Dialogs":')
+
+
+@handler("dlg_list")
+async def dlg_list(service: MIService, params: BaseModel) -> Any:
+    """All dialogs, one by Call-ID (+ From-tag), or a page."""
+    return await _list(service, params, ctx=False)
+
+
+@handler("dlg_list_ctx")
+async def dlg_list_ctx(service: MIService, params: BaseModel) -> Any:
+    """As dlg_list plus ``context`` (sipdlg keeps no dialog values or profiles: ``{}``)."""
+    return await _list(service, params, ctx=True)
+
+
+# --------------------------------------------------------------------------------------------
+# dlg_end_dlg
+# --------------------------------------------------------------------------------------------
+
+
+@handler("dlg_end_dlg")
+async def dlg_end_dlg(service: MIService, params: BaseModel) -> Any:
+    """End a dialog by ID or Call-ID: BYEs (confirmed) or CANCEL (early)."""
+    dialog_id: str = _get(params, "dialog_id")
+    extra: str = _get(params, "extra_hdrs") or ""
+    dlg = service.engine.dialogs.lookup(dialog_id)
+    if dlg is None:
+        raise MiError(404, "Requested Dialog not found")
+    try:
+        outcome = service.end_dialog(dlg, "MI Termination", extra)
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+    except Exception:
+        log.exception("dlg_end_dlg %s: ending the dialog failed", dlg.did)
+        outcome = False
+    if not outcome:
+        raise MiError(500, "Operation failed")
+    log.info("dlg_end_dlg: ended %s (Call-ID %s) by MI", dlg.did, dlg.callid)
+    return "OK"
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+
+
+def stat_groups(stats: Stats) -> dict[str, dict[str, tuple[int, bool]]]:
+    """group -> name -> (value, incremental); dialog stats in OpenSIPS order."""
+    values = stats.dialog_stats()
+    dialog = {name: (values[name], resettable) for name, resettable in DIALOG_STATS}
+    core = {name: (value, True) for name, value in stats.core_stats().items()}
+    return {"core": core, "dialog": dialog}
+
+
+def select_stats(stats: Stats, names: list[str]) -> dict[str, tuple[int, bool]]:
+    """OpenSIPS's selection: 'all', 'group:', or a bare name; 'group:name' matches nothing."""
+    groups = stat_groups(stats)
+    out: dict[str, tuple[int, bool]] = {}
+    for name in names:
+        if name == "all":
+            for group, members in groups.items():
+                for stat, v in members.items():
+                    out[f"{group}:{stat}"] = v
+        elif name.endswith(":"):
+            for stat, v in groups.get(name[:-1], {}).items():
+                out[f"{name}{stat}"] = v
+        elif ":" not in name:
+            for group, members in groups.items():
+                if name in members:
+                    out[f"{group}:{name}"] = members[name]
+        # "group:name" is not a name OpenSIPS 3.6 resolves (sample 75): nothing.
+    return out
+
+
+@handler("get_statistics")
+async def get_statistics(service: MIService, params: BaseModel) -> Any:
+    """Flat ``{"group:name": value}``; unknown names are skipped (``{}`` if none match)."""
+    chosen = select_stats(service.engine.stats, _get(params, "statistics"))
+    return {key: value for key, (value, _) in chosen.items()}
+
+
+@handler("list_statistics")
+async def list_statistics(service: MIService, params: BaseModel) -> Any:
+    names = _get(params, "statistics") or ["all"]
+    chosen = select_stats(service.engine.stats, names)
+    return {k: "incremental" if inc else "non-incremental" for k, (_, inc) in chosen.items()}
+
+
+@handler("reset_statistics")
+async def reset_statistics(service: MIService, params: BaseModel) -> Any:
+    """Reset the named statistics; non-incremental ones are found but left alone."""
+    stats = service.engine.stats
+    found = False
+    for name in _get(params, "statistics"):
+        bare = name.partition(":")[2] if ":" in name and not name.endswith(":") else name
+        for key in select_stats(stats, [bare]):
+            found = True
+            stats.reset(key.partition(":")[2])
+    if not found:
+        raise MiError(404, "Statistics Not Found")
+    return "OK"
+
+
+@handler("reset_all_statistics")
+async def reset_all_statistics(service: MIService, params: BaseModel) -> Any:
+    stats = service.engine.stats
+    for key in select_stats(stats, ["all"]):
+        stats.reset(key.partition(":")[2])
+    return "OK"
+
+
+# --------------------------------------------------------------------------------------------
+# core
+# --------------------------------------------------------------------------------------------
+
+
+def server_signature(version: str) -> str:
+    """The Server/User-Agent text, OpenSIPS style: ``sipdlg (0.1.0 (x86_64/linux))``."""
+    return f"sipdlg ({version} ({platform.machine()}/{platform.system().lower()}))"
+
+
+@handler("uptime")
+async def uptime(service: MIService, params: BaseModel) -> Any:
+    now = time.time()
+    return {
+        "Now": time.ctime(now),
+        "Up since": time.ctime(service.started_at),
+        "Up time": f"{max(0, int(now - service.started_at))} [sec]",
+    }
+
+
+@handler("version")
+async def version(service: MIService, params: BaseModel) -> Any:
+    out = {"Server": server_signature(service.version)}
+    if _get(params, "revision") is not None:
+        out["git"] = str(getattr(service, "revision", None) or "unknown")
+    return out
+
+
+@handler("ps")
+async def ps(service: MIService, params: BaseModel) -> Any:
+    """sipdlg is one process: SIP, timers and the MI share its event loop."""
+    return {"Processes": [{"ID": 0, "PID": os.getpid(), "Type": "sipdlg (SIP, timers, MI)"}]}
+
+
+@handler("which")
+async def which(service: MIService, params: BaseModel) -> Any:
+    command = _get(params, "command")
+    if command is None:
+        return list(COMMANDS)
+    cmd = COMMANDS.get(command)
+    if cmd is None:
+        raise MiError(404, "unknown MI command")
+    return cmd.which()
+
+
+@handler("help")
+async def help_(service: MIService, params: BaseModel) -> Any:
+    name = _get(params, "mi_cmd")
+    if name is None:
+        return "Usage: help mi_cmd - returns information about 'mi_cmd'"
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        raise MiError(404, "unknown MI command")
+    return {"Help": cmd.help or "not available for this command", "Exported by": cmd.module}
+
+
+missing = set(COMMANDS) - set(HANDLERS)
+assert not missing, f"MI commands without a handler: {missing}"
