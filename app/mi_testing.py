@@ -61,6 +61,11 @@ def make_dialog(
     return dlg
 
 
+def bump(stats: Stats, name: str, delta: int) -> None:
+    """Add to a counter (Stats declares them through ``__slots__``)."""
+    setattr(stats, name, getattr(stats, name) + delta)
+
+
 @dataclass
 class FakeEngine:
     dialogs: DialogTable = field(default_factory=lambda: DialogTable(rng=random.Random(7)))
@@ -85,7 +90,7 @@ class FakeService:
             return False
         dlg.set_end_reason(reason)
         if dlg.state >= DlgState.CONFIRMED_NA:
-            self.engine.stats.active_dialogs -= 1
+            bump(self.engine.stats, "active_dialogs", -1)
         dlg.state = DlgState.DELETED
         self.engine.dialogs.remove(dlg)
         return True
@@ -94,9 +99,9 @@ class FakeService:
         """``count`` dialogs, with the statistics the engine would show for them."""
         out = [make_dialog(self.engine.dialogs, i + 1, state=state) for i in range(count)]
         st = self.engine.stats
-        st.processed_dialogs += count
+        bump(st, "processed_dialogs", count)
         if state >= DlgState.CONFIRMED_NA:
-            st.active_dialogs += count
+            bump(st, "active_dialogs", count)
         elif state == DlgState.EARLY:
-            st.early_dialogs += count
+            bump(st, "early_dialogs", count)
         return out
