@@ -102,6 +102,7 @@ class CalleeLeg:
     contact: str = ""
     #: Highest CSeq the caller sent toward this callee (a BYE to the callee uses this + 1).
     caller_cseq: int = 0
+    #: Route set toward the callee, name-addrs (``<sip:proxy;lr>``) in the order to use them.
     route_set: list[str] = field(default_factory=list)
     socket: Socket | None = None
     sdp: str | None = None
@@ -122,7 +123,8 @@ class Dialog:
     caller_socket: Socket
     #: Caller's INVITE CSeq; copied into each callee leg's ``caller_cseq``.
     invite_cseq: int
-    #: Route set toward the caller (Record-Route of the INVITE, in order).
+    #: Route set toward the caller: the INVITE's Record-Route values in order, each a
+    #: name-addr as received (``<sip:proxy;lr>``); dlg_list joins them with ``,``.
     caller_route_set: list[str] = field(default_factory=list)
     #: Highest CSeq the callee has sent toward the caller (a BYE to the caller uses this + 1).
     callee_cseq: int = 0
@@ -131,6 +133,8 @@ class Dialog:
     #: Where the caller's requests came from: (proto, host, port), used to reach it when its
     #: contact is not routable as is (kept for BYEs built by the engine).
     caller_source: tuple[str, str, int] | None = None
+    #: The stream connection the caller's INVITE came on, reused to reach it over TCP.
+    caller_conn: int | None = None
     callees: list[CalleeLeg] = field(default_factory=list)
     #: Index in ``callees`` of the leg that answered with 2xx, or -1.
     confirmed_leg: int = -1
@@ -152,6 +156,8 @@ class Dialog:
     #: Monotonic time at which the dialog was created; for ended-call records.
     created: float = 0.0
     ended: float = 0.0
+    #: The running lifetime timer (engine.timers.Timer), if any.
+    timer: object | None = None
 
     @property
     def did(self) -> str:

@@ -1,0 +1,256 @@
+"""Header value grammar: comma lists, name-addr, URIs and Via (RFC 3261 §19, §20, §25).
+
+Liberal where RFC 4475 asks for liberality (LWS around ``;``, ``=`` and ``/``, no space before
+``<``), strict where a mistake would be propagated (unbalanced quotes, empty list elements,
+stray separators).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class AddressError(ValueError):
+    """A header value that does not follow the grammar."""
+
+
+def _err(reason: str) -> Exception:
+    # Imported lazily to avoid an import cycle with message.py.
+    from .message import SipError
+
+    return SipError(400, reason)
+
+
+def split_values(value: str) -> list[str]:
+    """Split a header value at commas outside quotes and ``<>``; elements are stripped."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    out: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            out.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    if quoted:
+        raise _err("Unterminated quoted string")
+    out.append(value[start:].strip())
+    return out
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """``;a=b;c`` (leading ``;`` optional) into a dict; names lowercased, LWS ignored."""
+    params: dict[str, str | None] = {}
+    if not text.strip():
+        return params
+    parts = _split_outside_quotes(text, ";")
+    if parts and not parts[0].strip():
+        parts = parts[1:]
+    for part in parts:
+        name, eq, val = part.partition("=")
+        name = name.strip()
+        if not name or " " in name:
+            raise _err("Malformed parameter")
+        if eq:
+            v = val.strip()
+            if not v:
+                raise _err(f"Empty value for parameter {name}")
+            params[name.lower()] = v
+        else:
+            params[name.lower()] = None
+    return params
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    if '"' not in text:
+        return text.split(sep)
+    out = []
+    start = 0
+    quoted = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == sep:
+            out.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quoted:
+        raise _err("Unterminated quoted string")
+    out.append(text[start:])
+    return out
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """``display <uri>;params`` or ``uri;params``."""
+
+    display: str
+    uri: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    value = value.strip()
+    if not value:
+        raise _err("Empty address")
+    display = ""
+    rest = value
+    if value[0] == '"':
+        i = 1
+        while i < len(value):
+            c = value[i]
+            if c == "\\":
+                i += 2
+                continue
+            if c == '"':
+                break
+            i += 1
+        else:
+            raise _err("Unterminated quoted display name")
+        display = value[: i + 1]
+        rest = value[i + 1 :].lstrip()
+        if not rest.startswith("<"):
+            raise _err("Quoted display name without <URI>")
+    lt = rest.find("<")
+    if lt >= 0:
+        if not display:
+            display = rest[:lt].strip()
+            if display and any(c in display for c in '<>,;"@'):
+                raise _err("Malformed display name")
+        gt = rest.find(">", lt)
+        if gt < 0:
+            raise _err("Unterminated <URI>")
+        uri = rest[lt + 1 : gt]
+        if uri != uri.strip() or not uri:
+            raise _err("Whitespace inside <URI>")
+        params = parse_params(rest[gt + 1 :])
+    else:
+        uri, _, ptext = rest.partition(";")
+        uri = uri.strip()
+        if " " in uri or not uri:
+            raise _err("Malformed addr-spec")
+        if "?" in uri.rpartition("@")[2] or "," in uri:
+            raise _err("URI with headers must be enclosed in <>")
+        params = parse_params(ptext) if ptext else {}
+    if ":" not in uri:
+        raise _err("URI without scheme")
+    return NameAddr(display, uri, params)
+
+
+@dataclass(slots=True)
+class Uri:
+    scheme: str
+    user: str
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+    headers: str
+
+    @property
+    def transport(self) -> str | None:
+        t = self.params.get("transport")
+        return t.lower() if t else None
+
+
+def parse_uri(uri: str) -> Uri:
+    """A sip/sips URI; other schemes come back with only ``scheme`` set."""
+    scheme, colon, rest = uri.partition(":")
+    scheme = scheme.lower()
+    if not colon:
+        raise _err("URI without scheme")
+    if scheme not in ("sip", "sips"):
+        return Uri(scheme, "", "", None, {}, "")
+    at = rest.rfind("@")
+    user = rest[:at] if at >= 0 else ""
+    hostpart = rest[at + 1 :]
+    hostpart, _, headers = hostpart.partition("?")
+    hostport, _, ptext = hostpart.partition(";")
+    host, port = split_hostport(hostport)
+    return Uri(scheme, user, host, port, parse_params(ptext) if ptext else {}, headers)
+
+
+def split_hostport(text: str) -> tuple[str, int | None]:
+    text = text.strip()
+    if not text:
+        raise _err("Empty host")
+    if text[0] == "[":
+        end = text.find("]")
+        if end < 0:
+            raise _err("Malformed IPv6 reference")
+        host = text[1:end]
+        rest = text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise _err("Malformed host:port")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = text.partition(":")
+    if " " in host or not host:
+        raise _err("Malformed host")
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise _err("Malformed port")
+        port = int(port_text)
+    return host.lower(), port
+
+
+@dataclass(slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port or 5060}"
+
+
+def parse_via(value: str) -> Via:
+    """One Via value: ``SIP / 2.0 / UDP host:port;params`` with any LWS around separators."""
+    sent, semi, ptext = value.partition(";")
+    parts = sent.split("/")
+    if len(parts) != 3:
+        raise _err("Malformed Via")
+    if parts[0].strip().upper() != "SIP" or parts[1].strip() != "2.0":
+        raise _err("Malformed Via protocol")
+    tail = parts[2].split(None, 1)
+    if len(tail) != 2:
+        raise _err("Malformed Via sent-by")
+    transport, sent_by = tail
+    host, port = split_hostport(sent_by.replace(" ", ""))
+    params = parse_params(ptext) if semi else {}
+    if semi and not params:
+        raise _err("Empty Via parameter")
+    return Via(transport.upper(), host, port, params)

@@ -1,0 +1,169 @@
+"""Requests the engine sends on its own inside a dialog (OpenSIPS ``dlg_req_within.c``).
+
+BYEs built from the stored leg data, playing the other party as OpenSIPS does (reference §4.3),
+and CANCELs of the pending INVITE branch for dialogs that are not yet answered.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import dlg_handlers
+from .dialog import Dialog, DlgState
+from .message import ENCODING, ERRORS, SipMessage, parse
+from .transaction import T1, ClientTransaction, TxState
+
+if TYPE_CHECKING:
+    from .proxy import Engine
+
+
+def end_dialog(eng: Engine, dlg: Dialog, reason: str, extra_headers: str) -> bool:
+    """BYE both legs of a confirmed dialog, or CANCEL an early one; False if impossible."""
+    state = dlg.state
+    if state is DlgState.DELETED:
+        return False
+    if state in (DlgState.UNCONFIRMED, DlgState.EARLY):
+        ctx = eng.client_txns.get((dlg.invite_branch, "INVITE"))
+        if ctx is None or ctx.state not in (TxState.CALLING, TxState.PROCEEDING):
+            return False
+        dlg.set_end_reason(reason)
+        cancel_branch(eng, ctx)
+        return True
+    extra = _header_block(eng.config.bye_extra_headers) + _header_block(extra_headers)
+    send_bye(eng, dlg, to_caller=True, extra=extra)
+    send_bye(eng, dlg, to_caller=False, extra=extra)
+    dlg_handlers.terminate(eng, dlg, reason)
+    return True
+
+
+def _header_block(text: str) -> str:
+    """Extra header text as complete CRLF-terminated lines (a missing final CRLF is added)."""
+    if not text:
+        return ""
+    text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    return text if text.endswith("\r\n") else text + "\r\n"
+
+
+def send_bye(eng: Engine, dlg: Dialog, *, to_caller: bool, extra: str) -> None:
+    from .proxy import uri_target
+
+    leg = dlg.callee
+    callee_tag = leg.tag if leg is not None else ""
+    if to_caller:
+        ruri = dlg.caller_contact
+        routes = dlg.caller_route_set
+        to = f"<{dlg.from_uri}>;tag={dlg.caller_tag}"
+        from_ = f"<{dlg.to_uri}>;tag={callee_tag}"
+        cseq = max(dlg.callee_cseq, dlg.local_cseq_caller) + 1
+        dlg.local_cseq_caller = cseq
+        socket = dlg.caller_socket
+        conn = dlg.caller_conn
+        if not ruri and dlg.caller_source is not None:
+            ruri = f"sip:{dlg.caller_source[1]}:{dlg.caller_source[2]}"
+    else:
+        if leg is None:
+            return
+        ruri = leg.contact
+        routes = leg.route_set
+        to = f"<{dlg.to_uri}>;tag={callee_tag}"
+        from_ = f"<{dlg.from_uri}>;tag={dlg.caller_tag}"
+        cseq = max(leg.caller_cseq, dlg.local_cseq_callee) + 1
+        dlg.local_cseq_callee = cseq
+        socket = leg.socket or dlg.caller_socket
+        conn = None
+    if not ruri:
+        return
+    first = routes[0] if routes else ruri
+    if "<" in first:
+        first = first[first.find("<") + 1 : first.rfind(">")]
+    try:
+        proto, host, port = uri_target(first, socket.proto)
+        out = eng.socket_for(proto, socket)
+    except Exception:  # an unroutable stored target: nothing can be sent on this leg
+        return
+    if proto != "tcp":
+        conn = None
+    branch = eng.new_branch()
+    lines = [f"BYE {ruri} SIP/2.0", f"Via: SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}"]
+    lines.extend(f"Route: {r}" for r in routes)
+    lines += [
+        f"To: {to}",
+        f"From: {from_}",
+        f"CSeq: {cseq} BYE",
+        f"Call-ID: {dlg.callid}",
+        "Max-Forwards: 70",
+        "Content-Length: 0",
+        f"User-Agent: {eng.config.user_agent}",
+    ]
+    data = ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode(ENCODING, ERRORS)
+    msg = parse(data, stream=True)
+    ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
+    ctx.dialog = dlg
+    ctx.handler = _bye_answered
+    dlg.pending_byes += 1
+    eng.client_txns[(branch, "BYE")] = ctx
+    ctx.start(data)
+
+
+def _bye_answered(ctx: ClientTransaction, msg: SipMessage | None) -> None:
+    if msg is not None and msg.status < 200:
+        return
+    dlg = ctx.dialog
+    if dlg is not None:
+        dlg.pending_byes -= 1
+
+
+def cancel_branch(eng: Engine, ctx: ClientTransaction) -> None:
+    """CANCEL a pending INVITE branch; before any 1xx the CANCEL waits (RFC 3261 §9.1)."""
+    if ctx.cancelled:
+        return
+    ctx.cancelled = True
+    eng.timers.call_at(eng.now + 64 * T1, _cancel_guard, eng, ctx)
+    if ctx.provisional:
+        send_cancel(eng, ctx)
+    else:
+        ctx.cancel_pending = True
+
+
+def send_cancel(eng: Engine, ctx: ClientTransaction) -> None:
+    invite = ctx.request
+    lines = [f"CANCEL {invite.ruri} SIP/2.0"]
+    for h in invite.headers:
+        if h[0] == "via":
+            lines.append(h[1])
+            break
+    for h in invite.headers:
+        if h[0] in ("from", "call-id", "route"):
+            lines.append(h[1])
+    to = invite.get("to") or ""
+    lines += [
+        f"To: {to}",
+        f"CSeq: {invite.cseq[0]} CANCEL",
+        "Max-Forwards: 70",
+        f"User-Agent: {eng.config.user_agent}",
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    data = "\r\n".join(lines).encode(ENCODING, ERRORS)
+    cancel = parse(data, stream=True)
+    cctx = ClientTransaction(eng, ctx.branch, cancel, ctx.socket, ctx.host, ctx.port, ctx.conn)
+    cctx.handler = _ignore
+    eng.client_txns[(ctx.branch, "CANCEL")] = cctx
+    cctx.start(data)
+
+
+def _ignore(ctx: ClientTransaction, msg: SipMessage | None) -> None:
+    return None
+
+
+def _cancel_guard(eng: Engine, ctx: ClientTransaction) -> None:
+    """No final reply 64*T1 after our CANCEL: give up the branch and answer upstream."""
+    if ctx.state not in (TxState.CALLING, TxState.PROCEEDING):
+        return
+    ctx._terminate()
+    if ctx.dialog is not None:
+        dlg_handlers.on_failure(eng, ctx.dialog)
+    stx = ctx.server
+    if stx is not None and stx.state in (TxState.TRYING, TxState.PROCEEDING):
+        eng.reply(stx, 487 if stx.cancelled else 408, "Request Terminated" if stx.cancelled else "Request Timeout")

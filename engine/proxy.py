@@ -1,0 +1,577 @@
+"""The proxy core (RFC 3261 §16): one ``Engine`` fed bytes and timer ticks, emitting ``Send``s.
+
+Sans-I/O in the way of h11 and aioquic: ``receive`` takes a message with its local socket,
+source address and the current monotonic time; whatever must go out is appended to
+``outbox`` for the shell to write; ``next_deadline``/``handle_timers`` drive every timer.  The
+dialog logic lives in :mod:`engine.dlg_handlers`, requests the engine originates inside a
+dialog (BYE, CANCEL) in :mod:`engine.dlg_req_within`.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import dlg_handlers, dlg_req_within
+from .address import parse_uri, split_values
+from .dialog import Dialog, DlgState, Socket
+from .dlg_table import DialogTable
+from .events import DialogStateChanged, Send
+from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
+from .stats import Stats
+from .timers import TimerQueue
+from .transaction import ClientTransaction, ServerTransaction, TxState
+
+VERSION = "0.1.0"
+
+#: Requests that create a dialog and so get our Record-Route.
+RECORD_ROUTED = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY", "UPDATE", "PRACK", "INFO"})
+#: Option tags this proxy understands in Proxy-Require (none: it implements no extension).
+SUPPORTED_PROXY_OPTIONS: frozenset[str] = frozenset()
+ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+
+
+@dataclass(slots=True)
+class NextHop:
+    """Where initial requests go (OpenSIPS ``$du``); ``proto`` None keeps the inbound one."""
+
+    proto: str | None
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    next_hop: NextHop | None = None
+    default_timeout: int = 43200
+    hash_size: int = 4096
+    max_message_size: int = 65536
+    delete_delay: int = 0
+    user_agent: str = f"sipdlg ({VERSION})"
+    #: Extra header lines added to every BYE the engine sends (OpenSIPS ``dlg_extra_hdrs``).
+    bye_extra_headers: str = ""
+
+
+class Engine:
+    """A dialog-stateful, record-routing proxy with no I/O of its own."""
+
+    def __init__(
+        self,
+        sockets: list[Socket],
+        config: EngineConfig | None = None,
+        *,
+        wall_offset: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not sockets:
+            raise ValueError("at least one listening socket is needed")
+        self.sockets = sockets
+        self.config = config or EngineConfig()
+        self.rng = rng or random.Random()
+        self.timers = TimerQueue()
+        self.now = 0.0
+        #: Add to monotonic ``now`` to get Unix time (timestart, timeout).
+        self.wall_offset = wall_offset
+        self.outbox: list[Send] = []
+        self.dialogs = DialogTable(self.config.hash_size, self.rng)
+        self.stats = Stats()
+        self.server_txns: dict[tuple, ServerTransaction] = {}
+        self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
+        self.observers: list[Callable[[DialogStateChanged], None]] = []
+        #: Called with every dialog that reaches state 5 (ended-call records, persistence).
+        self.ended_hooks: list[Callable[[Dialog], None]] = []
+        self.accepting = True
+        self._local_hosts = {s.host for s in sockets}
+        self._local_ports = {s.port for s in sockets}
+        self._local_cache: dict[str, bool] = {}
+        self._branch_prefix = f"z9hG4bK{self.rng.getrandbits(32):x}."
+        self._branch_seq = 0
+        self._tag = f"{self.rng.getrandbits(32):x}"
+
+    # -- shell interface ------------------------------------------------------------------------
+
+    def wall(self) -> float:
+        return self.now + self.wall_offset
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def handle_timers(self, now: float) -> None:
+        self.now = now
+        self.timers.run_due(now)
+
+    def send(self, socket: Socket, host: str, port: int, conn: int | None, data: bytes) -> None:
+        self.outbox.append(Send(socket, host, port, conn, data))
+
+    def receive(
+        self, data: bytes, socket: Socket, src: tuple[str, int], conn: int | None, now: float
+    ) -> None:
+        """Process one datagram or one framed stream message."""
+        self.now = now
+        try:
+            msg = parse(data, stream=conn is not None)
+        except SipError as exc:
+            self.stats.parse_errors += 1
+            if exc.status and not data.startswith(b"SIP/") and not data.startswith(b"ACK "):
+                self._reply_to_garbage(data, exc, socket, src, conn)
+            return
+        if len(data) > self.config.max_message_size:
+            self.stats.parse_errors += 1
+            if msg.method is not None and msg.method != "ACK":
+                self._reply_stateless(msg, 513, "Message Too Large", socket, src, conn)
+            return
+        if msg.method is None:
+            self._on_response(msg)
+        else:
+            self._on_request(msg, socket, src, conn)
+
+    def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str = "") -> bool:
+        """End a dialog as OpenSIPS's dlg_end_dlg does: BYE both legs, or CANCEL if early."""
+        return dlg_req_within.end_dialog(self, dlg, reason, extra_headers)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def new_branch(self) -> str:
+        self._branch_seq += 1
+        return f"{self._branch_prefix}{self._branch_seq:x}"
+
+    def local_tag(self, callid: str) -> str:
+        return f"{self._tag}.{zlib.crc32(callid.encode(ENCODING, ERRORS)):x}"
+
+    def is_local_uri(self, uri: str) -> bool:
+        hit = self._local_cache.get(uri)
+        if hit is None:
+            try:
+                u = parse_uri(uri)
+                hit = (
+                    u.scheme in ("sip", "sips")
+                    and u.host in self._local_hosts
+                    and (u.port or 5060) in self._local_ports
+                )
+            except SipError:
+                hit = False
+            if len(self._local_cache) > 10000:
+                self._local_cache.clear()
+            self._local_cache[uri] = hit
+        return hit
+
+    def socket_for(self, proto: str, preferred: Socket | None = None) -> Socket:
+        if preferred is not None and preferred.proto == proto:
+            return preferred
+        for s in self.sockets:
+            if s.proto == proto:
+                return s
+        raise SipError(503, f"No {proto.upper()} socket")
+
+    def record_route(self, socket: Socket, did: str) -> str:
+        transport = ";transport=tcp" if socket.proto == "tcp" else ""
+        return f"<sip:{socket.host}:{socket.port}{transport};lr;did={did}>"
+
+    def notify(self, dlg: Dialog, old: DlgState) -> None:
+        if not self.observers:
+            return
+        callee = dlg.callee
+        event = DialogStateChanged(
+            dlg.did,
+            str(dlg.db_id),
+            dlg.callid,
+            dlg.caller_tag,
+            callee.tag if callee else "",
+            int(old),
+            int(dlg.state),
+            dlg.end_reason if dlg.state is DlgState.DELETED else None,
+        )
+        for observer in self.observers:
+            observer(event)
+
+    # -- responses built here -----------------------------------------------------------------
+
+    def build_reply(
+        self, lines: list[str], status: int, reason: str, to_tag: str | None, extra: str = ""
+    ) -> bytes:
+        out = [f"SIP/2.0 {status} {reason}"]
+        for raw in lines:
+            if to_tag and header_key(raw.split(":", 1)[0]) == "to" and ";tag=" not in raw.lower():
+                raw = f"{raw};tag={to_tag}"
+            out.append(raw)
+        out.append(f"Server: {self.config.user_agent}")
+        if extra:
+            out.append(extra)
+        out.append("Content-Length: 0")
+        out.append("")
+        out.append("")
+        return "\r\n".join(out).encode(ENCODING, ERRORS)
+
+    def reply(self, stx: ServerTransaction, status: int, reason: str, extra: str = "") -> None:
+        tag = None
+        if status > 100:
+            tag = stx.to_tag or self.local_tag(stx.request.callid)
+        stx.respond(status, self.build_reply(stx.reply_headers, status, reason, tag, extra))
+
+    def _reply_stateless(
+        self,
+        msg: SipMessage,
+        status: int,
+        reason: str,
+        socket: Socket,
+        src: tuple[str, int],
+        conn: int | None,
+        extra: str = "",
+    ) -> None:
+        lines = [h[1] for h in msg.headers if h[0] in ("via", "from", "to", "call-id", "cseq")]
+        if not any(h[0] == "via" for h in msg.headers):
+            return
+        tag = None
+        callid = msg.get("call-id")
+        if status > 100:
+            tag = self.local_tag(callid or "")
+        self.stats.err_requests += 1
+        self.send(socket, src[0], src[1], conn, self.build_reply(lines, status, reason, tag, extra))
+
+    def _reply_to_garbage(
+        self, data: bytes, exc: SipError, socket: Socket, src: tuple[str, int], conn: int | None
+    ) -> None:
+        """Answer a request that failed to parse, from whatever header lines can be read."""
+        end = data.find(b"\r\n\r\n")
+        head = data[: end if end >= 0 else len(data)].decode(ENCODING, ERRORS)
+        lines = []
+        for line in head.split("\r\n")[1:]:
+            if line[:1] in (" ", "\t") and lines:
+                lines[-1] = f"{lines[-1]} {line.strip()}"
+                continue
+            name = line.split(":", 1)[0]
+            if ":" in line and header_key(name) in ("via", "from", "to", "call-id", "cseq"):
+                lines.append(line)
+        if not any(header_key(x.split(":", 1)[0]) == "via" for x in lines):
+            return
+        callid = next((x for x in lines if header_key(x.split(":", 1)[0]) == "call-id"), "")
+        self.stats.err_requests += 1
+        self.send(
+            socket,
+            src[0],
+            src[1],
+            conn,
+            self.build_reply(lines, exc.status, exc.reason, self.local_tag(callid)),
+        )
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _on_request(
+        self, msg: SipMessage, socket: Socket, src: tuple[str, int], conn: int | None
+    ) -> None:
+        stats = self.stats
+        stats.rcv_requests += 1
+        method = msg.method
+        assert method is not None
+        stats.requests_by_method[method] += 1
+        try:
+            validate_request(msg)
+        except SipError as exc:
+            stats.parse_errors += 1
+            if method != "ACK" and exc.status:
+                self._reply_stateless(msg, exc.status, exc.reason, socket, src, conn)
+            return
+        via = msg.via
+        branch = via.branch
+        key_method = "INVITE" if method == "ACK" else method
+        if branch and branch.startswith("z9hG4bK"):
+            key: tuple = (branch, via.host, via.port, key_method)
+        else:  # RFC 2543 matching
+            key = (msg.callid, msg.cseq[0], msg.from_.tag, via.host, via.port, key_method)
+
+        stx = self.server_txns.get(key)
+        if stx is not None:
+            if method == "ACK" and stx.state is not TxState.COMPLETED:
+                pass  # an ACK for a 2xx: end to end, handled below
+            else:
+                stx.on_retransmission(msg)
+                return
+
+        if method == "CANCEL":
+            self._on_cancel(msg, key, socket, src, conn)
+            return
+
+        if method != "ACK":
+            mf = msg.get("max-forwards")
+            if mf is not None and int(mf) == 0:
+                self._reply_stateless(msg, 483, "Too Many Hops", socket, src, conn)
+                return
+            required = msg.get_all("proxy-require")
+            unsupported = [o for o in required if o.lower() not in SUPPORTED_PROXY_OPTIONS]
+            if unsupported:
+                self._reply_stateless(
+                    msg,
+                    420,
+                    "Bad Extension",
+                    socket,
+                    src,
+                    conn,
+                    f"Unsupported: {', '.join(unsupported)}",
+                )
+                return
+        scheme = msg.ruri.partition(":")[0].lower()
+        if scheme not in ROUTABLE_SCHEMES:
+            if method != "ACK":
+                self._reply_stateless(msg, 416, "Unsupported URI Scheme", socket, src, conn)
+            return
+
+        self._fix_via(msg, src)
+        stx = None
+        if method != "ACK":
+            stx = ServerTransaction(self, key, msg, socket, src, conn)
+            self.server_txns[key] = stx
+            if method == "INVITE":
+                self.reply(stx, 100, "Trying")
+        try:
+            self._route(msg, stx, socket, src, conn)
+        except SipError as exc:
+            if stx is not None:
+                self.reply(stx, exc.status or 500, exc.reason)
+
+    def _fix_via(self, msg: SipMessage, src: tuple[str, int]) -> None:
+        """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
+        via = msg.via
+        add = ""
+        if via.host != src[0]:
+            add = f";received={src[0]}"
+        if "rport" in via.params and via.params["rport"] is None:
+            add += f";rport={src[1]}"
+        if not add:
+            return
+        for h in msg.headers:
+            if h[0] == "via":
+                values = split_values(h[2])
+                if "rport" in via.params and via.params["rport"] is None:
+                    first = values[0].replace(";rport", "", 1)
+                else:
+                    first = values[0]
+                values[0] = first + add
+                name = h[1].split(":", 1)[0].rstrip()
+                h[2] = ", ".join(values)
+                h[1] = f"{name}: {h[2]}"
+                break
+
+    def _route(
+        self,
+        msg: SipMessage,
+        stx: ServerTransaction | None,
+        socket: Socket,
+        src: tuple[str, int],
+        conn: int | None,
+    ) -> None:
+        method = msg.method
+        # Loose routing (RFC 3261 §16.4): pop every Route entry that is us.
+        own_route = None
+        while True:
+            routes = msg.get("route")
+            if routes is None:
+                break
+            first = split_values(routes)[0]
+            uri = first[first.find("<") + 1 : first.rfind(">")] if "<" in first else first
+            if not self.is_local_uri(uri):
+                break
+            own_route = uri
+            msg.pop_first_value("route")
+
+        to_tag = msg.to.tag
+        if to_tag:
+            dlg_handlers.route_in_dialog(self, msg, stx, socket, src, conn, own_route)
+            return
+        if method == "ACK":
+            return  # an ACK without To-tag and no transaction: nothing to do
+        if not self.accepting and method == "INVITE":
+            raise SipError(503, "Service Unavailable")
+        hop = self.config.next_hop
+        if hop is not None:
+            proto = hop.proto or socket.proto
+            host, port = hop.host, hop.port
+        else:
+            if self.is_local_uri(msg.ruri):
+                raise SipError(404, "Not Found")
+            proto, host, port = uri_target(msg.ruri, socket.proto)
+        out = self.socket_for(proto, socket)
+        dlg = None
+        if method == "INVITE":
+            dlg = dlg_handlers.create_dialog(self, msg, socket, src, conn)
+            if stx is not None:
+                stx.dialog = dlg
+        if method in RECORD_ROUTED:
+            did = dlg.did if dlg is not None else "0"
+            if out is not socket:
+                msg.add_first("Record-Route", self.record_route(socket, did))
+            msg.add_first("Record-Route", self.record_route(out, did))
+        self.forward(msg, stx, out, host, port, None, dlg)
+
+    def forward(
+        self,
+        msg: SipMessage,
+        stx: ServerTransaction | None,
+        out: Socket,
+        host: str,
+        port: int,
+        conn: int | None,
+        dlg: Dialog | None,
+        direction: int = 0,
+    ) -> None:
+        """Send a request on: Max-Forwards, our Via, then a client transaction (not for ACK)."""
+        mf = msg.get("max-forwards")
+        if mf is None:
+            msg.add_before("via", "Max-Forwards", "70")
+        else:
+            msg.set("Max-Forwards", str(min(int(mf), 256) - 1))
+        proto = out.proto.upper()
+        if msg.method == "ACK":
+            seed = f"{msg.via.branch}{msg.callid}".encode(ENCODING, ERRORS)
+            branch = f"z9hG4bKa{zlib.crc32(seed):x}"
+            msg.add_first("Via", f"SIP/2.0/{proto} {out.host}:{out.port};branch={branch}")
+            self.stats.fwd_requests += 1
+            self.send(out, host, port, conn, msg.to_bytes())
+            return
+        branch = self.new_branch()
+        msg.add_first("Via", f"SIP/2.0/{proto} {out.host}:{out.port};branch={branch};rport")
+        ctx = ClientTransaction(self, branch, msg, out, host, port, conn)
+        ctx.server = stx
+        ctx.dialog = dlg
+        ctx.direction = direction
+        if stx is not None:
+            stx.client = ctx
+        if dlg is not None and msg.method == "INVITE" and direction == 0:
+            dlg.invite_branch = branch
+        self.client_txns[(branch, ctx.method)] = ctx
+        self.stats.fwd_requests += 1
+        ctx.start(msg.to_bytes())
+
+    def _on_cancel(
+        self,
+        msg: SipMessage,
+        key: tuple,
+        socket: Socket,
+        src: tuple[str, int],
+        conn: int | None,
+    ) -> None:
+        invite_key = (*key[:-1], "INVITE")
+        inv = self.server_txns.get(invite_key)
+        if inv is None:
+            self._reply_stateless(
+                msg, 481, "Call/Transaction Does Not Exist", socket, src, conn
+            )
+            return
+        stx = ServerTransaction(self, key, msg, socket, src, conn)
+        self.server_txns[key] = stx
+        stx.to_tag = inv.to_tag
+        self.reply(stx, 200, "OK")
+        if inv.state is not TxState.PROCEEDING or inv.cancelled:
+            return
+        inv.cancelled = True
+        if inv.dialog is not None:
+            inv.dialog.set_end_reason("Cancelled")
+        if inv.client is not None:
+            dlg_req_within.cancel_branch(self, inv.client)
+        else:
+            self.reply(inv, 487, "Request Terminated")
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def _on_response(self, msg: SipMessage) -> None:
+        stats = self.stats
+        stats.rcv_replies += 1
+        stats.replies_by_class[f"{msg.status // 100}xx"] += 1
+        try:
+            via = msg.via
+            _, method = msg.cseq
+            msg.callid  # noqa: B018 - presence check
+        except SipError:
+            stats.parse_errors += 1
+            stats.drop_replies += 1
+            return
+        branch = via.branch or ""
+        ctx = self.client_txns.get((branch, method))
+        if ctx is None:
+            if (
+                method == "INVITE"
+                and 200 <= msg.status < 300
+                and branch.startswith(self._branch_prefix)
+            ):
+                self._forward_response_stateless(msg)
+            else:
+                stats.drop_replies += 1
+            return
+        ctx.on_response(msg)
+
+    def _forward_response_stateless(self, msg: SipMessage) -> None:
+        """A 2xx retransmission after the INVITE transaction is gone: route it by Via."""
+        msg.pop_first_value("via")
+        try:
+            via = msg.via
+        except SipError:
+            self.stats.drop_replies += 1
+            return
+        host = via.params.get("received") or via.host
+        rport = via.params.get("rport")
+        port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
+        out = self.socket_for(via.transport.lower() if via.transport in ("UDP", "TCP") else "udp")
+        self.stats.fwd_replies += 1
+        self.send(out, host, port, None, msg.to_bytes())
+
+    # -- TransactionUser ----------------------------------------------------------------------
+
+    def count_retransmission(self) -> None:
+        self.stats.retransmissions += 1
+
+    def server_terminated(self, txn: ServerTransaction) -> None:
+        if self.server_txns.get(txn.key) is txn:
+            del self.server_txns[txn.key]
+        txn.client = None
+
+    def client_terminated(self, txn: ClientTransaction) -> None:
+        key = (txn.branch, txn.method)
+        if self.client_txns.get(key) is txn:
+            del self.client_txns[key]
+
+    def client_response(self, txn: ClientTransaction, msg: SipMessage) -> None:
+        if txn.handler is not None:
+            txn.handler(txn, msg)
+            return
+        status = msg.status
+        if status == 100:
+            return
+        if txn.dialog is not None:
+            dlg_handlers.on_reply(self, txn, msg)
+        stx = txn.server
+        if stx is None:
+            return
+        if txn.cancel_pending and status < 200:
+            txn.cancel_pending = False
+            dlg_req_within.send_cancel(self, txn)
+        msg.pop_first_value("via")
+        if status > 100 and stx.to_tag is None:
+            stx.to_tag = msg.to.tag
+        self.stats.fwd_replies += 1
+        stx.respond(status, msg.to_bytes())
+
+    def client_timeout(self, txn: ClientTransaction) -> None:
+        if txn.handler is not None:
+            txn.handler(txn, None)
+            return
+        stx = txn.server
+        if txn.method == "INVITE" and txn.state is TxState.PROCEEDING:
+            # Timer C: cancel the ringing branch; the 487 (or the guard timer) answers upstream.
+            dlg_req_within.cancel_branch(self, txn)
+            return
+        if txn.dialog is not None and txn.method == "INVITE" and txn.direction == 0:
+            dlg_handlers.on_failure(self, txn.dialog)
+        if stx is not None and stx.state in (TxState.TRYING, TxState.PROCEEDING):
+            self.reply(stx, 408, "Request Timeout")
+
+
+def uri_target(uri: str, default_proto: str) -> tuple[str, str, int]:
+    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV)."""
+    u = parse_uri(uri)
+    if u.scheme not in ("sip", "sips"):
+        raise SipError(416, "Unsupported URI Scheme")
+    proto = u.transport or ("tcp" if u.scheme == "sips" else default_proto)
+    if proto not in ("udp", "tcp"):
+        raise SipError(503, f"Unsupported transport {proto}")
+    return proto, u.host, u.port or 5060
