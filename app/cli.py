@@ -1,0 +1,100 @@
+"""``sipdlg`` command line: ``serve``, ``mi`` (a small MI client) and ``mi-schema``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_settings
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the SIP proxy and the MI")
+    p.add_argument("--config", metavar="FILE", help="TOML file with settings")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="PROTO:IP:PORT",
+        help="SIP socket, OpenSIPS socket= syntax (repeatable; default udp and tcp 127.0.0.1:5060)",
+    )
+    p.add_argument(
+        "--next-hop",
+        metavar="[PROTO:]HOST:PORT",
+        help="send every initial request here (like $du); default: route by Request-URI",
+    )
+    p.add_argument("--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888)")
+    p.add_argument("--mi-token", metavar="TOKEN", help="MI credential (Bearer, or Basic password)")
+    p.add_argument(
+        "--mi-allow", action="append", metavar="CIDR", help="clients allowed on the MI (repeatable)"
+    )
+    p.add_argument("--mi-max-body", type=int, metavar="BYTES", help="MI request size limit")
+    p.add_argument("--default-timeout", type=int, metavar="S", help="dialog lifetime (43200)")
+    p.add_argument("--hash-size", type=int, metavar="N", help="dialog hash buckets (4096)")
+    p.add_argument("--max-message-size", type=int, metavar="BYTES", help="SIP size limit (65536)")
+    p.add_argument("--delete-delay", type=int, metavar="S", help="keep ended dialogs listed (0)")
+    p.add_argument("--tcp-idle-timeout", type=int, metavar="S", help="close idle TCP after (120)")
+    p.add_argument("--db", metavar="URL", help="persistence (reserved; 'none' for now)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="sipdlg", description="SIP dialog engine with an MI")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    sub.add_parser("mi", help="call an MI command", add_help=False)
+    sub.add_parser("mi-schema", help="print the JSON Schema of the MI")
+    if argv and argv[0] == "mi":
+        from . import mi_client
+
+        return mi_client.main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "mi-schema":
+        from schemas import mi_json_schema
+
+        print(json.dumps(mi_json_schema(), indent=2))
+        return 0
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "no_uvloop")}
+    try:
+        settings = load_settings(cli, args.config)
+        try:
+            from .mi import check_mi_exposure
+
+            host, _ = settings.mi_address()
+            check_mi_exposure(host, settings.mi_token, settings.mi_allow)
+        except ImportError:
+            pass
+    except (ConfigError, ValueError) as exc:
+        print(f"sipdlg: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .server import run
+
+    if not args.no_uvloop:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        print(f"sipdlg: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Settings: embedded defaults, then a TOML file, then ``SIPDLG_*`` variables, then the CLI.
+
+Every setting has one name used in all four places: ``next_hop`` in TOML is ``SIPDLG_NEXT_HOP``
+in the environment and ``--next-hop`` on the command line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from engine.dialog import Socket
+from engine.proxy import NextHop
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message says which and why."""
+
+
+@dataclass
+class Settings:
+    listen: list[str] = field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
+    next_hop: str | None = None
+    mi_listen: str = "127.0.0.1:8888"
+    mi_token: str | None = None
+    mi_allow: list[str] = field(default_factory=list)
+    mi_max_body: int = 1 << 20
+    default_timeout: int = 43200
+    hash_size: int = 4096
+    max_message_size: int = 65536
+    delete_delay: int = 0
+    tcp_idle_timeout: int = 120
+    log_level: str = "info"
+    db: str = "none"
+
+    def sockets(self) -> list[Socket]:
+        return [parse_socket(s) for s in self.listen]
+
+    def next_hop_target(self) -> NextHop | None:
+        return parse_next_hop(self.next_hop) if self.next_hop else None
+
+    def mi_address(self) -> tuple[str, int]:
+        host, port = split_host_port(self.mi_listen, "--mi-listen")
+        return host, port
+
+
+LIST_FIELDS = {"listen", "mi_allow"}
+INT_FIELDS = {
+    "mi_max_body",
+    "default_timeout",
+    "hash_size",
+    "max_message_size",
+    "delete_delay",
+    "tcp_idle_timeout",
+}
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_socket(text: str) -> Socket:
+    """OpenSIPS ``socket=`` syntax: ``proto:ip:port``."""
+    proto, sep, rest = text.partition(":")
+    proto = proto.lower()
+    if not sep or proto not in ("udp", "tcp"):
+        raise ConfigError(f"--listen: expected udp:IP:PORT or tcp:IP:PORT, got {text!r}")
+    host, port = split_host_port(rest, "--listen")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {host!r} is not an IP address") from exc
+    return Socket(proto, host, port)
+
+
+def parse_next_hop(text: str) -> NextHop:
+    """``[proto:]HOST:PORT``; without proto the inbound transport is kept."""
+    proto: str | None = None
+    head, sep, rest = text.partition(":")
+    if sep and head.lower() in ("udp", "tcp"):
+        proto, text = head.lower(), rest
+    host, port = split_host_port(text, "--next-hop")
+    return NextHop(proto, host, port)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in LIST_FIELDS:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return [str(v) for v in value]
+    if name in INT_FIELDS:
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from exc
+    return None if value is None else str(value)
+
+
+def load_settings(
+    cli: dict[str, Any], config_file: str | None, environ: dict[str, str] | None = None
+) -> Settings:
+    settings = Settings()
+    names = {f.name for f in fields(Settings)}
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {config_file} is not valid TOML: {exc}") from exc
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"--config: unknown setting {key!r}")
+            setattr(settings, name, _coerce(name, value))
+    env = os.environ if environ is None else environ
+    for name in names:
+        value = env.get(f"SIPDLG_{name.upper()}")
+        if value is not None:
+            setattr(settings, name, _coerce(name, value))
+    for name, value in cli.items():
+        if value is not None and name in names:
+            setattr(settings, name, _coerce(name, value))
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    settings.sockets()
+    settings.next_hop_target()
+    settings.mi_address()
+    if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):
+        raise ConfigError("hash_size must be a power of two")
+    if settings.default_timeout <= 0:
+        raise ConfigError("default_timeout must be positive")
+    if settings.max_message_size < 1024:
+        raise ConfigError("max_message_size must be at least 1024")

@@ -1,0 +1,237 @@
+"""The running server: the engine, its transports and timers, and the MI, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import time
+from typing import Any
+
+from engine.dialog import Dialog, Socket
+from engine.events import Send
+from engine.proxy import VERSION, Engine, EngineConfig
+
+from .config import Settings
+from .transport import TcpConnection, UdpEndpoint
+
+log = logging.getLogger("sipdlg")
+
+
+class SipService:
+    """Owns the engine and wires it to asyncio: feeds it bytes, flushes its outbox, ticks it."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.settings = settings
+        self.loop = loop or asyncio.get_running_loop()
+        self.version = VERSION
+        self.started_at = time.time()
+        config = EngineConfig(
+            next_hop=settings.next_hop_target(),
+            default_timeout=settings.default_timeout,
+            hash_size=settings.hash_size,
+            max_message_size=settings.max_message_size,
+            delete_delay=settings.delete_delay,
+        )
+        self.sockets = settings.sockets()
+        self.engine = Engine(
+            self.sockets, config, wall_offset=time.time() - self.loop.time()
+        )
+        self._udp: dict[int, asyncio.DatagramTransport] = {}
+        self._tcp_servers: list[asyncio.base_events.Server] = []
+        self._conns: dict[int, TcpConnection] = {}
+        self._conn_by_peer: dict[tuple[str, int], TcpConnection] = {}
+        self._next_conn = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = float("inf")
+        self._literal: dict[str, bool] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for sock in self.sockets:
+            if sock.proto == "udp":
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    lambda s=sock: UdpEndpoint(self, s), local_addr=(sock.host, sock.port)
+                )
+                self._udp[id(sock)] = transport  # type: ignore[assignment]
+            else:
+                server = await self.loop.create_server(
+                    lambda s=sock: self._accept(s), sock.host, sock.port, reuse_address=True
+                )
+                self._tcp_servers.append(server)
+            log.info("listening on %s", sock)
+        self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        for server in self._tcp_servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for transport in self._udp.values():
+            transport.close()
+        if self._timer:
+            self._timer.cancel()
+
+    # -- engine driving -----------------------------------------------------------------------
+
+    def feed(self, data: bytes, sock: Socket, src: tuple[str, int], conn: int | None) -> None:
+        try:
+            self.engine.receive(data, sock, src, conn, self.loop.time())
+        except Exception:  # a bug must cost one message, never the server
+            log.exception("error processing a message from %s:%s", src[0], src[1])
+            self.engine.stats.parse_errors += 1
+        self.flush()
+
+    def end_dialog(self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = "") -> bool:
+        self.engine.now = self.loop.time()
+        ok = self.engine.end_dialog(dlg, reason, extra_headers)
+        self.flush()
+        return ok
+
+    def flush(self) -> None:
+        engine = self.engine
+        outbox = engine.outbox
+        if outbox:
+            for item in outbox:
+                self._send(item)
+            outbox.clear()
+        deadline = engine.next_deadline()
+        if deadline is not None and deadline < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = float("inf")
+        try:
+            self.engine.handle_timers(self.loop.time())
+        except Exception:
+            log.exception("error in a timer")
+        self.flush()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _is_literal(self, host: str) -> bool:
+        hit = self._literal.get(host)
+        if hit is None:
+            try:
+                ipaddress.ip_address(host)
+                hit = True
+            except ValueError:
+                hit = False
+            self._literal[host] = hit
+        return hit
+
+    def _send(self, item: Send) -> None:
+        if not self._is_literal(item.host):
+            self.loop.create_task(self._resolve_and_send(item))
+            return
+        sock = item.socket
+        if sock.proto == "udp":
+            transport = self._udp.get(id(sock))
+            if transport is not None:
+                transport.sendto(item.data, (item.host, item.port))
+            return
+        conn = self._conns.get(item.conn) if item.conn is not None else None
+        if conn is None or conn.closed:
+            conn = self._conn_by_peer.get((item.host, item.port))
+        if conn is None or conn.closed:
+            conn = self._connect(sock, item.host, item.port)
+        conn.write(item.data)
+
+    async def _resolve_and_send(self, item: Send) -> None:
+        try:
+            infos = await self.loop.getaddrinfo(item.host, item.port, type=2)
+        except OSError as exc:
+            log.info("cannot resolve %s: %s", item.host, exc)
+            return
+        if infos:
+            address = infos[0][4][0]
+            self._send(item._replace(host=address))
+
+    # -- TCP ----------------------------------------------------------------------------------
+
+    def _new_conn(self, sock: Socket) -> TcpConnection:
+        self._next_conn += 1
+        return TcpConnection(self, sock, self._next_conn)
+
+    def _accept(self, sock: Socket) -> TcpConnection:
+        return self._new_conn(sock)
+
+    def _connect(self, sock: Socket, host: str, port: int) -> TcpConnection:
+        conn = self._new_conn(sock)
+        self._conn_by_peer[(host, port)] = conn
+        self._conns[conn.conn_id] = conn
+
+        async def open_connection() -> None:
+            try:
+                await self.loop.create_connection(lambda: conn, host, port)
+            except OSError as exc:
+                log.info("tcp connect to %s:%s failed: %s", host, port, exc)
+                conn.connection_lost(exc)
+
+        self.loop.create_task(open_connection())
+        return conn
+
+    def tcp_opened(self, conn: TcpConnection) -> None:
+        self._conns[conn.conn_id] = conn
+        self._conn_by_peer[conn.peer] = conn
+        self.engine.stats.tcp_connections += 1
+
+    def tcp_closed(self, conn: TcpConnection) -> None:
+        if self._conns.get(conn.conn_id) is conn:
+            del self._conns[conn.conn_id]
+        for peer, c in list(self._conn_by_peer.items()):
+            if c is conn:
+                del self._conn_by_peer[peer]
+
+    async def _sweep_idle(self) -> None:
+        limit = self.settings.tcp_idle_timeout
+        while True:
+            await asyncio.sleep(min(10, limit))
+            cutoff = self.loop.time() - limit
+            for conn in list(self._conns.values()):
+                if conn.last_active < cutoff:
+                    conn.close()
+
+
+async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT."""
+    service = SipService(settings)
+    await service.start()
+    mi_runner: Any = None
+    try:
+        from . import mi
+
+        host, port = settings.mi_address()
+        mi.check_mi_exposure(host, settings.mi_token, settings.mi_allow)
+        mi_runner = await mi.start_mi(
+            service,
+            host,
+            port,
+            token=settings.mi_token,
+            allow=settings.mi_allow or None,
+            max_body=settings.mi_max_body,
+        )
+        log.info("MI on http://%s:%s/mi", host, port)
+    except ImportError:
+        log.warning("MI not available in this build")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    log.info("sipdlg %s started", VERSION)
+    await stop.wait()
+    log.info("shutting down")
+    if mi_runner is not None:
+        await mi_runner.cleanup()
+    await service.stop()
