@@ -27,8 +27,10 @@ from .mi_format import dialog_json, to_wire
 
 log = logging.getLogger("sipdlg.mi")
 
-#: Dialogs serialized between two yields to the event loop during a listing.
-SLICE = 500
+#: A listing checks the clock every SLICE dialogs and yields to the event loop once it has
+#: held it for YIELD_AFTER seconds, so SIP messages wait at most a few milliseconds.
+SLICE = 50
+YIELD_AFTER = 0.002
 
 
 class Engine(Protocol):
@@ -99,15 +101,18 @@ async def _serialize(dialogs: Iterable[Dialog], ctx: bool, head: str) -> RawResu
     dates: dict[int, str] = {}
     part: list[str] = [head, "["]
     n = 0
+    clock = time.perf_counter
+    held_since = clock()
     for dlg in dialogs:
         if n:
             part.append(",")
         part.append(dialog_json(dlg, dates, ctx))
         n += 1
-        if n % SLICE == 0:
+        if n % SLICE == 0 and clock() - held_since > YIELD_AFTER:
             chunks.append(to_wire("".join(part)))
             part = []
             await asyncio.sleep(0)
+            held_since = clock()
     part.append("]}")
     chunks.append(to_wire("".join(part)))
     return RawResult(chunks)
