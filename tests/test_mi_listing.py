@@ -52,7 +52,8 @@ async def test_50k_listing_does_not_stall_the_loop() -> None:
         check_dialog(d)
     worst = max(gaps)
     print(
-        f"50k dlg_list: {elapsed:.3f} s, {len(raw) / 1e6:.1f} MB, worst loop stall {worst * 1e3:.1f} ms"
+        f"50k dlg_list: {elapsed:.3f} s, {len(raw) / 1e6:.1f} MB, "
+        f"worst loop stall {worst * 1e3:.1f} ms"
     )
     # The client parses in this same loop, so only the MI side is bounded here: generous
     # limits for slow CI machines; bench/ measures the real numbers.
