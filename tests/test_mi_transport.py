@@ -275,8 +275,9 @@ async def test_notifications_run_and_get_202(mi: Any) -> None:
     assert [d.did for d, _, _ in service.ended] == [did]
 
 
-async def test_extra_member_and_params_forms(mi: Any) -> None:
+async def test_absent_or_empty_params_forms(mi: Any) -> None:
     _, port = await mi()
+    params: Any
     for params in (None, [], {}):
         assert "result" in await call(port, "uptime", params)
 
