@@ -7,6 +7,7 @@ stray separators).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -21,11 +22,28 @@ def _err(reason: str) -> Exception:
     return SipError(400, reason)
 
 
+_ANGLED_LIST = re.compile(r"(?:[^,<]|<[^>]*>?)+")
+
+
 def split_values(value: str) -> list[str]:
     """Split a header value at commas outside quotes and ``<>``; elements are stripped."""
     if "," not in value:
-        return [value.strip()] if value.strip() else []
-    out: list[str] = []
+        value = value.strip()
+        return [value] if value else []
+    if '"' not in value:
+        if "<" not in value:
+            return [v.strip() for v in value.split(",")]
+        # Keep empty elements visible (``a,,b``) so that callers can reject them.
+        out = []
+        pos = 0
+        for m in _ANGLED_LIST.finditer(value):
+            out.extend("" for _ in range(value.count(",", pos, m.start()) - (1 if pos else 0)))
+            out.append(m.group().strip())
+            pos = m.end()
+        if value.rstrip().endswith(","):
+            out.append("")
+        return out
+    out = []
     start = 0
     quoted = False
     angle = False

@@ -7,9 +7,10 @@ lazily by the helpers in :mod:`engine.address`, only for the headers the proxy r
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
-from .address import NameAddr, Via, parse_name_addr, parse_uri, parse_via, split_values
+from .address import NameAddr, Via, parse_name_addr, parse_via, split_values
 
 ENCODING: Final = "utf-8"
 ERRORS: Final = "surrogateescape"
@@ -166,14 +167,16 @@ class SipMessage:
         """Replace every header ``name`` with one line (appended if absent)."""
         key = header_key(name)
         line = [key, f"{name}: {value}", value]
-        for i, h in enumerate(self.headers):
+        headers = self.headers
+        for i, h in enumerate(headers):
             if h[0] == key:
-                self.headers[i] = line
-                self.headers[i + 1 :] = [x for x in self.headers[i + 1 :] if x[0] != key]
+                headers[i] = line
+                if any(x[0] == key for x in headers[i + 1 :]):
+                    headers[i + 1 :] = [x for x in headers[i + 1 :] if x[0] != key]
                 break
         else:
-            self.headers.append(line)
-        self._cache.clear()
+            headers.append(line)
+        self._cache.pop(key, None)
 
     def remove(self, key: str) -> None:
         self.headers = [h for h in self.headers if h[0] != key]
@@ -279,8 +282,11 @@ def parse_cseq(value: str | None) -> tuple[int, str]:
     return n, method
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+
 def _is_token(text: str) -> bool:
-    return bool(text) and not any(c in ' \t"(),/:;<=>?@[\\]{}' for c in text)
+    return _TOKEN.fullmatch(text) is not None
 
 
 def parse(data: bytes, *, stream: bool = False) -> SipMessage:
@@ -328,6 +334,8 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
         status, reason = 0, ""
 
     headers: list[list[str]] = []
+    length: int | None = None
+    compact = COMPACT_FORMS
     for line in lines[1:]:
         if not line:
             continue
@@ -338,19 +346,19 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
             prev[1] = f"{prev[1]}\r\n{line}"
             prev[2] = f"{prev[2]} {line.strip()}".strip()
             continue
-        name, colon, value = line.partition(":")
-        if not colon or not name.strip():
+        colon = line.find(":")
+        if colon <= 0:
             raise SipError(400, "Malformed header line")
-        key = name.strip().lower()
-        headers.append([COMPACT_FORMS.get(key, key), line, value.strip()])
-
-    length: int | None = None
+        key = line[:colon].rstrip().lower()
+        if len(key) == 1:
+            key = compact.get(key, key)
+        headers.append([key, line, line[colon + 1 :].strip()])
     for h in headers:
         if h[0] == "content-length":
-            v = h[2]
-            if not v.isdigit():
+            value = h[2]
+            if not value.isdigit():
                 raise SipError(400, "Malformed Content-Length")
-            n = int(v)
+            n = int(value)
             if length is not None and n != length:
                 raise SipError(400, "Conflicting Content-Length values")
             length = n
@@ -368,35 +376,51 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
 
 def validate_request(msg: SipMessage) -> None:
     """Checks a proxy makes before acting on a request (RFC 3261 §16.3); raises SipError."""
+    counts = {"call-id": 0, "from": 0, "to": 0, "cseq": 0, "via": 0, "max-forwards": 0}
+    vias = []
+    contacts = []
+    for h in msg.headers:
+        key = h[0]
+        if key in counts:
+            counts[key] += 1
+            if key == "via":
+                vias.append(h[2])
+        elif key == "contact":
+            contacts.append(h[2])
     for key in SINGLE_VALUED:
-        n = msg.count(key)
+        n = counts[key]
         if n == 0:
             raise SipError(400, f"Missing {_PRETTY[key]}")
         if n > 1:
             raise SipError(400, f"Multiple {_PRETTY[key]} headers")
-    if msg.get("via") is None:
+    if not vias:
         raise SipError(400, "Missing Via")
-    for v in msg.get_all("via"):
-        parse_via(v)
+    for raw in vias:
+        for v in split_values(raw):
+            parse_via(v)
     for key in ("from", "to"):
-        if len(split_values(msg.get(key) or "")) != 1:
+        raw = msg.get(key) or ""
+        if "," in raw and len(split_values(raw)) != 1:
             raise SipError(400, f"Multiple {_PRETTY[key]} values")
         msg._name_addr(key)
-    if msg.ruri[:4].lower() in ("sip:", "sips"):
-        uri = parse_uri(msg.ruri)
-        if uri.headers:
+    ruri = msg.ruri
+    if ruri[:4].lower() in ("sip:", "sips"):
+        host_part = ruri.rpartition("@")[2]
+        if "?" in host_part:
             raise SipError(400, "Headers are not allowed in the Request-URI")
     num, method = msg.cseq
     if method != msg.method:
         if msg.method not in KNOWN_METHODS:
             raise SipError(501, "Not Implemented")
         raise SipError(400, "CSeq method does not match Request-Line")
-    mf = msg.get("max-forwards")
-    if mf is not None and (msg.count("max-forwards") > 1 or not mf.isdigit()):
-        raise SipError(400, "Malformed Max-Forwards")
-    for value in msg.get_all("contact"):
-        if value != "*":
-            parse_name_addr(value)
+    if counts["max-forwards"]:
+        mf = msg.get("max-forwards") or ""
+        if counts["max-forwards"] > 1 or not mf.isdigit():
+            raise SipError(400, "Malformed Max-Forwards")
+    for raw in contacts:
+        if raw != "*":
+            for value in split_values(raw):
+                parse_name_addr(value)
     branch = msg.via.branch
     if branch is not None and branch == "z9hG4bK":
         raise SipError(400, "Missing transaction identifier in Via branch")
