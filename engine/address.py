@@ -73,13 +73,14 @@ def split_values(value: str) -> list[str]:
 
 
 def parse_params(text: str) -> dict[str, str | None]:
-    """``;a=b;c`` (leading ``;`` optional) into a dict; names lowercased, LWS ignored."""
+    """``;a=b;c`` into a dict; names lowercased, LWS ignored, empty parameters refused."""
     params: dict[str, str | None] = {}
     if not text.strip():
         return params
     parts = _split_outside_quotes(text, ";")
-    if parts and not parts[0].strip():
-        parts = parts[1:]
+    if parts[0].strip():
+        raise _err("Unexpected text before parameters")
+    parts = parts[1:]
     for part in parts:
         name, eq, val = part.partition("=")
         name = name.strip()
@@ -134,7 +135,27 @@ class NameAddr:
         return self.params.get("tag")
 
 
+#: The common shape ``[display] <uri>;p=v;...`` with plain tokens: parsed by one regex.
+_SIMPLE_NAME_ADDR = re.compile(
+    r'\s*(?:("[^"\\]*")|([-\w.!%*+`\'~ ]*?))\s*<([^<>\s"]+)>\s*'
+    r"((?:;[-\w.!%*+`'~]+(?:=[-\w.!%*+`'~:\[\]]+)?)*)\s*$"
+)
+
+
 def parse_name_addr(value: str) -> NameAddr:
+    m = _SIMPLE_NAME_ADDR.match(value)
+    if m is not None and ":" in m.group(3):
+        quoted, plain, uri, ptext = m.groups()
+        params: dict[str, str | None] = {}
+        if ptext:
+            for part in ptext[1:].split(";"):
+                name, eq, val = part.partition("=")
+                params[name.lower()] = val if eq else None
+        return NameAddr(quoted or (plain or "").strip(), uri, params)
+    return _parse_name_addr_slow(value)
+
+
+def _parse_name_addr_slow(value: str) -> NameAddr:
     value = value.strip()
     if not value:
         raise _err("Empty address")
@@ -176,7 +197,7 @@ def parse_name_addr(value: str) -> NameAddr:
             raise _err("Malformed addr-spec")
         if "?" in uri.rpartition("@")[2] or "," in uri:
             raise _err("URI with headers must be enclosed in <>")
-        params = parse_params(ptext) if ptext else {}
+        params = parse_params(";" + ptext) if ptext else {}
     if ":" not in uri:
         raise _err("URI without scheme")
     return NameAddr(display, uri, params)
@@ -211,7 +232,7 @@ def parse_uri(uri: str) -> Uri:
     hostpart, _, headers = hostpart.partition("?")
     hostport, _, ptext = hostpart.partition(";")
     host, port = split_hostport(hostport)
-    return Uri(scheme, user, host, port, parse_params(ptext) if ptext else {}, headers)
+    return Uri(scheme, user, host, port, parse_params(";" + ptext) if ptext else {}, headers)
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
@@ -255,8 +276,32 @@ class Via:
         return f"{self.host}:{self.port or 5060}"
 
 
+_SIMPLE_VIA = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([-\w.]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?"
+    r"((?:;[-\w.!%*+`'~]+(?:=[-\w.!%*+`'~:\[\]]+)?)*)$"
+)
+
+
 def parse_via(value: str) -> Via:
     """One Via value: ``SIP / 2.0 / UDP host:port;params`` with any LWS around separators."""
+    m = _SIMPLE_VIA.match(value)
+    if m is not None:
+        transport, host, port, ptext = m.groups()
+        params: dict[str, str | None] = {}
+        if ptext:
+            for part in ptext[1:].split(";"):
+                name, eq, val = part.partition("=")
+                params[name.lower()] = val if eq else None
+        if host[0] == "[":
+            host = host[1:-1]
+        portnum = int(port) if port else None
+        if portnum is not None and not 0 < portnum < 65536:
+            raise _err("Malformed port")
+        return Via(transport.upper(), host.lower(), portnum, params)
+    return _parse_via_slow(value)
+
+
+def _parse_via_slow(value: str) -> Via:
     sent, semi, ptext = value.partition(";")
     parts = sent.split("/")
     if len(parts) != 3:
@@ -268,7 +313,7 @@ def parse_via(value: str) -> Via:
         raise _err("Malformed Via sent-by")
     transport, sent_by = tail
     host, port = split_hostport(sent_by.replace(" ", ""))
-    params = parse_params(ptext) if semi else {}
+    params = parse_params(";" + ptext) if semi else {}
     if semi and not params:
         raise _err("Empty Via parameter")
     return Via(transport.upper(), host, port, params)

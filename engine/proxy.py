@@ -31,6 +31,8 @@ RECORD_ROUTED = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY", "UPDATE", "
 #: Option tags this proxy understands in Proxy-Require (none: it implements no extension).
 SUPPORTED_PROXY_OPTIONS: frozenset[str] = frozenset()
 ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+#: Headers a locally generated response copies from its request (RFC 3261 §8.2.6.2).
+REPLY_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
 @dataclass(slots=True)
@@ -52,6 +54,13 @@ class EngineConfig:
     user_agent: str = f"sipdlg ({VERSION})"
     #: Extra header lines added to every BYE the engine sends (OpenSIPS ``dlg_extra_hdrs``).
     bye_extra_headers: str = ""
+    #: OpenSIPS flag B: BYE both legs when the lifetime runs out (else the dialog just expires).
+    bye_on_timeout: bool = True
+    #: In-dialog OPTIONS pings (flags P/p): "none", "caller", "callee" or "both".
+    ping: str = "none"
+    ping_interval: float = 30.0
+    #: No final answer to a ping within this many seconds ends the dialog.
+    ping_timeout: float = 5.0
 
 
 class Engine:
@@ -83,6 +92,10 @@ class Engine:
         #: Called with every dialog that reaches state 5 (ended-call records, persistence).
         self.ended_hooks: list[Callable[[Dialog], None]] = []
         self.accepting = True
+        #: Dialogs changed since the shell last saved them (persistence); filled by
+        #: ``mark_dirty`` only while ``track_dirty`` is set, emptied by the shell.
+        self.dirty: set[Dialog] = set()
+        self.track_dirty = False
         self._local_hosts = {s.host for s in sockets}
         self._local_ports = {s.port for s in sockets}
         self._local_cache: dict[str, bool] = {}
@@ -104,6 +117,10 @@ class Engine:
 
     def send(self, socket: Socket, host: str, port: int, conn: int | None, data: bytes) -> None:
         self.outbox.append(Send(socket, host, port, conn, data))
+        if data[:4] == b"SIP/":  # count what goes out: replies by class, requests by method
+            self.stats.sent_replies_by_class[data[8:9]] += 1
+        else:
+            self.stats.sent_requests_by_method[data[: data.find(b" ")]] += 1
 
     def receive(
         self, data: bytes, socket: Socket, src: tuple[str, int], conn: int | None, now: float
@@ -126,6 +143,11 @@ class Engine:
             self._on_response(msg)
         else:
             self._on_request(msg, socket, src, conn)
+
+    def mark_dirty(self, dlg: Dialog) -> None:
+        """Note that ``dlg`` changed in a way worth persisting (see engine/dlg_db.py)."""
+        if self.track_dirty:
+            self.dirty.add(dlg)
 
     def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str = "") -> bool:
         """End a dialog as OpenSIPS's dlg_end_dlg does: BYE both legs, or CANCEL if early."""
@@ -189,19 +211,23 @@ class Engine:
     # -- responses built here -----------------------------------------------------------------
 
     def build_reply(
-        self, lines: list[str], status: int, reason: str, to_tag: str | None, extra: str = ""
+        self,
+        lines: list[tuple[str, str]],
+        status: int,
+        reason: str,
+        to_tag: str | None,
+        extra: str = "",
     ) -> bytes:
+        """A response copying the request's (key, raw line) pairs, with our To-tag if needed."""
         out = [f"SIP/2.0 {status} {reason}"]
-        for raw in lines:
-            if to_tag and header_key(raw.split(":", 1)[0]) == "to" and ";tag=" not in raw.lower():
+        for key, raw in lines:
+            if to_tag and key == "to" and ";tag=" not in raw.lower():
                 raw = f"{raw};tag={to_tag}"
             out.append(raw)
         out.append(f"Server: {self.config.user_agent}")
         if extra:
             out.append(extra)
-        out.append("Content-Length: 0")
-        out.append("")
-        out.append("")
+        out.append("Content-Length: 0\r\n\r\n")
         return "\r\n".join(out).encode(ENCODING, ERRORS)
 
     def reply(self, stx: ServerTransaction, status: int, reason: str, extra: str = "") -> None:
@@ -220,13 +246,10 @@ class Engine:
         conn: int | None,
         extra: str = "",
     ) -> None:
-        lines = [h[1] for h in msg.headers if h[0] in ("via", "from", "to", "call-id", "cseq")]
-        if not any(h[0] == "via" for h in msg.headers):
+        lines = [(h[0], h[1]) for h in msg.headers if h[0] in REPLY_HEADERS]
+        if not any(key == "via" for key, _ in lines):
             return
-        tag = None
-        callid = msg.get("call-id")
-        if status > 100:
-            tag = self.local_tag(callid or "")
+        tag = self.local_tag(msg.get("call-id") or "") if status > 100 else None
         self.stats.err_requests += 1
         self.send(socket, src[0], src[1], conn, self.build_reply(lines, status, reason, tag, extra))
 
@@ -236,25 +259,25 @@ class Engine:
         """Answer a request that failed to parse, from whatever header lines can be read."""
         end = data.find(b"\r\n\r\n")
         head = data[: end if end >= 0 else len(data)].decode(ENCODING, ERRORS)
-        lines = []
+        lines: list[tuple[str, str]] = []
+        kept = False
         for line in head.split("\r\n")[1:]:
-            if line[:1] in (" ", "\t") and lines:
-                lines[-1] = f"{lines[-1]} {line.strip()}"
+            if line[:1] in (" ", "\t"):
+                if kept:
+                    key, raw = lines[-1]
+                    lines[-1] = (key, f"{raw} {line.strip()}")
                 continue
-            name = line.split(":", 1)[0]
-            if ":" in line and header_key(name) in ("via", "from", "to", "call-id", "cseq"):
-                lines.append(line)
-        if not any(header_key(x.split(":", 1)[0]) == "via" for x in lines):
+            name, colon, _ = line.partition(":")
+            key = header_key(name)
+            kept = bool(colon) and key in REPLY_HEADERS
+            if kept:
+                lines.append((key, line))
+        if not any(key == "via" for key, _ in lines):
             return
-        callid = next((x for x in lines if header_key(x.split(":", 1)[0]) == "call-id"), "")
+        callid = next((raw for key, raw in lines if key == "call-id"), "")
         self.stats.err_requests += 1
-        self.send(
-            socket,
-            src[0],
-            src[1],
-            conn,
-            self.build_reply(lines, exc.status, exc.reason, self.local_tag(callid)),
-        )
+        reply = self.build_reply(lines, exc.status, exc.reason, self.local_tag(callid))
+        self.send(socket, src[0], src[1], conn, reply)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -465,8 +488,8 @@ class Engine:
         if inv.state is not TxState.PROCEEDING or inv.cancelled:
             return
         inv.cancelled = True
-        if inv.dialog is not None:
-            inv.dialog.set_end_reason("Cancelled")
+        if inv.dialog is not None and inv.dialog.state < DlgState.CONFIRMED_NA:
+            inv.dialog.set_end_reason("Cancelled")  # not for a re-INVITE's CANCEL
         if inv.client is not None:
             dlg_req_within.cancel_branch(self, inv.client)
         else:
@@ -535,18 +558,18 @@ class Engine:
             txn.handler(txn, msg)
             return
         status = msg.status
+        if txn.cancel_pending and status < 200:
+            txn.cancel_pending = False
+            dlg_req_within.send_cancel(self, txn)
         if status == 100:
-            return
+            return  # hop by hop
         if txn.dialog is not None:
             dlg_handlers.on_reply(self, txn, msg)
         stx = txn.server
         if stx is None:
             return
-        if txn.cancel_pending and status < 200:
-            txn.cancel_pending = False
-            dlg_req_within.send_cancel(self, txn)
         msg.pop_first_value("via")
-        if status > 100 and stx.to_tag is None:
+        if stx.to_tag is None:
             stx.to_tag = msg.to.tag
         self.stats.fwd_replies += 1
         stx.respond(status, msg.to_bytes())

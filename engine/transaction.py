@@ -19,6 +19,8 @@ from .timers import Timer, TimerQueue
 if TYPE_CHECKING:
     from .dialog import Dialog
 
+_REPLY_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
+
 T1 = 0.5
 T2 = 4.0
 T4 = 5.0
@@ -108,7 +110,7 @@ class ServerTransaction:
         #: The header lines a locally generated response copies (RFC 3261 §8.2.6.2), taken
         #: before the request is modified for forwarding.
         self.reply_headers = [
-            h[1] for h in request.headers if h[0] in ("via", "from", "to", "call-id", "cseq")
+            (h[0], h[1]) for h in request.headers if h[0] in _REPLY_HEADERS
         ]
 
     def _transmit(self, data: bytes) -> None:
