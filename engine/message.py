@@ -38,6 +38,41 @@ COMPACT_FORMS: Final[dict[str, str]] = {
     "d": "request-disposition",
 }
 
+#: Header names as most user agents spell them, mapped straight to their keys.
+_KNOWN_NAMES: Final[dict[str, str]] = {
+    name: name.lower()
+    for name in (
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Max-Forwards",
+        "Content-Type",
+        "Content-Length",
+        "Record-Route",
+        "Route",
+        "Subject",
+        "User-Agent",
+        "Server",
+        "Allow",
+        "Supported",
+        "Require",
+        "Expires",
+        "Session-Expires",
+        "Min-SE",
+        "Event",
+        "Accept",
+        "Reason",
+        "Proxy-Require",
+        "Authorization",
+        "WWW-Authenticate",
+        "Date",
+        "Timestamp",
+    )
+} | {"Call-Id": "call-id", "Cseq": "cseq"}
+
 #: Headers that must appear exactly once in a request (RFC 3261 §8.1.1, §20).
 SINGLE_VALUED: Final = ("call-id", "from", "to", "cseq")
 
@@ -334,8 +369,8 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
         status, reason = 0, ""
 
     headers: list[list[str]] = []
-    length: int | None = None
-    compact = COMPACT_FORMS
+    lengths: list[str] = []
+    known = _KNOWN_NAMES
     for line in lines[1:]:
         if not line:
             continue
@@ -345,23 +380,30 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
             prev = headers[-1]
             prev[1] = f"{prev[1]}\r\n{line}"
             prev[2] = f"{prev[2]} {line.strip()}".strip()
+            if prev[0] == "content-length":
+                lengths[-1] = prev[2]
             continue
         colon = line.find(":")
         if colon <= 0:
             raise SipError(400, "Malformed header line")
-        key = line[:colon].rstrip().lower()
-        if len(key) == 1:
-            key = compact.get(key, key)
-        headers.append([key, line, line[colon + 1 :].strip()])
-    for h in headers:
-        if h[0] == "content-length":
-            value = h[2]
-            if not value.isdigit():
-                raise SipError(400, "Malformed Content-Length")
-            n = int(value)
-            if length is not None and n != length:
-                raise SipError(400, "Conflicting Content-Length values")
-            length = n
+        name = line[:colon]
+        key = known.get(name)
+        if key is None:
+            key = name.rstrip().lower()
+            if len(key) == 1:
+                key = COMPACT_FORMS.get(key, key)
+        value = line[colon + 1 :].strip()
+        headers.append([key, line, value])
+        if key == "content-length":
+            lengths.append(value)
+    length: int | None = None
+    for value in lengths:
+        if not value.isdigit():
+            raise SipError(400, "Malformed Content-Length")
+        n = int(value)
+        if length is not None and n != length:
+            raise SipError(400, "Conflicting Content-Length values")
+        length = n
     has_length = length is not None
     if length is None:
         if stream:
@@ -395,9 +437,11 @@ def validate_request(msg: SipMessage) -> None:
             raise SipError(400, f"Multiple {_PRETTY[key]} headers")
     if not vias:
         raise SipError(400, "Missing Via")
-    for raw in vias:
-        for v in split_values(raw):
-            parse_via(v)
+    msg.via  # noqa: B018 - parses and caches the top Via
+    for i, raw in enumerate(vias):
+        if i or "," in raw:
+            for v in split_values(raw)[0 if i else 1 :]:
+                parse_via(v)
     for key in ("from", "to"):
         raw = msg.get(key) or ""
         if "," in raw and len(split_values(raw)) != 1:
@@ -417,8 +461,10 @@ def validate_request(msg: SipMessage) -> None:
         mf = msg.get("max-forwards") or ""
         if counts["max-forwards"] > 1 or not mf.isdigit():
             raise SipError(400, "Malformed Max-Forwards")
-    for raw in contacts:
-        if raw != "*":
+    for i, raw in enumerate(contacts):
+        if i == 0 and "," not in raw and raw != "*":
+            msg._name_addr("contact")  # parsed once, cached for the dialog
+        elif raw != "*":
             for value in split_values(raw):
                 parse_name_addr(value)
     branch = msg.via.branch
