@@ -36,6 +36,28 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--max-message-size", type=int, metavar="BYTES", help="SIP size limit (65536)")
     p.add_argument("--delete-delay", type=int, metavar="S", help="keep ended dialogs listed (0)")
     p.add_argument("--tcp-idle-timeout", type=int, metavar="S", help="close idle TCP after (120)")
+    p.add_argument(
+        "--bye-on-timeout",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="BYE both sides when a dialog's lifetime runs out (default on)",
+    )
+    p.add_argument(
+        "--ping",
+        choices=["caller", "callee", "both", "none"],
+        help="in-dialog OPTIONS pings to this side (none)",
+    )
+    p.add_argument("--ping-interval", type=int, metavar="S", help="seconds between pings (30)")
+    p.add_argument("--ping-timeout", type=int, metavar="S", help="ping answer deadline (5)")
+    p.add_argument("--ended-records", type=int, metavar="N", help="ended calls kept (10000)")
+    p.add_argument(
+        "--webhook",
+        action="append",
+        metavar="URL",
+        help="POST every dialog state change as JSON to URL (repeatable)",
+    )
+    p.add_argument("--webhook-timeout", type=int, metavar="S", help="per webhook POST (5)")
+    p.add_argument("--event-queue", type=int, metavar="N", help="events queued per consumer (1000)")
     p.add_argument("--db", metavar="URL", help="persistence (reserved; 'none' for now)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")

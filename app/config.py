@@ -35,6 +35,15 @@ class Settings:
     tcp_idle_timeout: int = 120
     log_level: str = "info"
     db: str = "none"
+    # Dialog lifecycle (docs/lifecycle.md)
+    bye_on_timeout: bool = True
+    ping: str = "none"
+    ping_interval: int = 30
+    ping_timeout: int = 5
+    ended_records: int = 10000
+    webhook: list[str] = field(default_factory=list)
+    webhook_timeout: int = 5
+    event_queue: int = 1000
 
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
@@ -47,8 +56,15 @@ class Settings:
         return host, port
 
 
-LIST_FIELDS = {"listen", "mi_allow"}
+LIST_FIELDS = {"listen", "mi_allow", "webhook"}
+BOOL_FIELDS = {"bye_on_timeout"}
+PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "ping_interval",
+    "ping_timeout",
+    "ended_records",
+    "webhook_timeout",
+    "event_queue",
     "mi_max_body",
     "default_timeout",
     "hash_size",
@@ -95,6 +111,15 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return [str(v) for v in value]
+    if name in BOOL_FIELDS:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if name in INT_FIELDS:
         try:
             return int(value)
@@ -143,3 +168,14 @@ def validate(settings: Settings) -> None:
         raise ConfigError("default_timeout must be positive")
     if settings.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024")
+    if settings.ping not in PING_MODES:
+        raise ConfigError(f"ping: expected one of {', '.join(PING_MODES)}, got {settings.ping!r}")
+    if settings.ping_interval <= 0 or settings.ping_timeout <= 0:
+        raise ConfigError("ping_interval and ping_timeout must be positive")
+    if settings.webhook_timeout <= 0 or settings.event_queue <= 0:
+        raise ConfigError("webhook_timeout and event_queue must be positive")
+    if settings.ended_records < 0:
+        raise ConfigError("ended_records must not be negative")
+    for url in settings.webhook:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook: expected an http:// or https:// URL, got {url!r}")

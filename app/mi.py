@@ -155,6 +155,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _count(service: Any, method: str, outcome: str) -> None:
+    """MI calls by method and outcome, for ``/metrics`` (``service.mi_requests``, if kept)."""
+    counts = getattr(service, "mi_requests", None)
+    if counts is not None:
+        counts[(method, outcome)] += 1
+
+
 def _make_method(name: str) -> Callable[..., Awaitable[Result]]:
     """A jsonrpcserver method: match a recipe, validate, run the handler, map errors."""
     cmd = COMMANDS[name]
@@ -164,14 +171,18 @@ def _make_method(name: str) -> Callable[..., Awaitable[Result]]:
         try:
             _, params = cmd.match(list(args) if args or not kwargs else kwargs)
         except ParamsError as exc:
+            _count(service, name, "bad_params")
             raise JsonRpcError(INVALID_PARAMS[0], INVALID_PARAMS[1], exc.data) from None
         try:
             result = await handle(service, params)
         except MiError as exc:
+            _count(service, name, "error")
             raise JsonRpcError(exc.code, exc.message) from None
         except Exception:
+            _count(service, name, "failed")
             log.exception("MI command %s failed", name)
             raise JsonRpcError(SERVER_ERROR[0], SERVER_ERROR[1], "Command handler failed") from None
+        _count(service, name, "ok")
         return Success(result)  # type: ignore[no-any-return]
 
     method.__name__ = name
@@ -229,6 +240,7 @@ async def rpc(request: web.Request, service: MIService, body: bytes) -> web.Stre
         data = err.data if isinstance(err.data, str) else None
         if err.code == METHOD_NOT_FOUND[0]:
             data = None  # OpenSIPS gives no data for -32601
+            _count(service, "<unknown>", "not_found")
         return _json_reply(error_body(err.code, err.message, data, rid))
     success: Any = response
     return await _write_result(request, success._value.result, rid)
@@ -301,8 +313,13 @@ def create_mi_app(
     token: str | None = None,
     allow: list[str] | None = None,
     max_body: int = 1 << 20,
+    extend: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
-    """The aiohttp application of the MI (one catch-all route, rules applied in order)."""
+    """The aiohttp application of the MI (one catch-all route, rules applied in order).
+
+    ``extend`` may add routes of its own first (``GET /events``, ``GET /metrics``), behind
+    the same auth.
+    """
     nets = parse_allow(allow)
     app = web.Application(middlewares=[_make_guard(token or None, nets)], client_max_size=max_body)
     app[_SERVICE] = service
@@ -325,6 +342,8 @@ def create_mi_app(
             return _empty(400)
         return await rpc(request, service, body)
 
+    if extend is not None:
+        extend(app)
     app.router.add_route("*", "/{tail:.*}", entry)
     return app
 
@@ -337,9 +356,10 @@ async def start_mi(
     token: str | None = None,
     allow: list[str] | None = None,
     max_body: int = 1 << 20,
+    extend: Callable[[web.Application], None] | None = None,
 ) -> web.AppRunner:
     """Create, bind and start the MI; the caller keeps the runner and calls ``cleanup()``."""
-    app = create_mi_app(service, token=token, allow=allow, max_body=max_body)
+    app = create_mi_app(service, token=token, allow=allow, max_body=max_body, extend=extend)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host.strip("[]"), port, reuse_address=True)

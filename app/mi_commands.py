@@ -199,6 +199,50 @@ async def dlg_end_dlg(service: MIService, params: BaseModel) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# dlg_set_timeout, dlg_list_ended (beyond OpenSIPS: docs/lifecycle.md)
+# --------------------------------------------------------------------------------------------
+
+
+@handler("dlg_set_timeout")
+async def dlg_set_timeout(service: MIService, params: BaseModel) -> Any:
+    """Re-arm a live dialog's lifetime: it now ends ``timeout`` seconds from now."""
+    timeout: int = _get(params, "timeout")
+    if timeout <= 0:
+        raise MiError(400, "Bad timeout")
+    dlg = service.engine.dialogs.lookup(_get(params, "dialog_id"))
+    if dlg is None:
+        raise MiError(404, "Requested Dialog not found")
+    life = getattr(service, "lifecycle", None)
+    if life is not None:
+        ok = life.set_timeout(dlg, timeout)
+    else:
+        from engine.dlg_handlers import set_lifetime
+
+        ok = set_lifetime(service.engine, dlg, timeout)  # type: ignore[arg-type]
+    if not ok:
+        raise MiError(404, "Requested Dialog not found")
+    return "OK"
+
+
+@handler("dlg_list_ended")
+async def dlg_list_ended(service: MIService, params: BaseModel) -> Any:
+    """Ended-call records, newest first: all, those of one Call-ID, or a page."""
+    ring = getattr(service, "records", None)
+    if ring is None:
+        return {"count": 0, "Dialogs": []}
+    callid = _get(params, "callid")
+    if callid is not None:
+        found = ring.by_callid(callid)
+        return {"count": len(found), "Dialogs": found}
+    index = _get(params, "index")
+    if index is None:
+        records = list(ring)
+        return {"count": len(records), "Dialogs": records}
+    return {"count": len(ring), "Dialogs": ring.page(index, _get(params, "counter"))}
+
+
+# --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------------------------
 

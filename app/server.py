@@ -14,6 +14,7 @@ from engine.events import Send
 from engine.proxy import VERSION, Engine, EngineConfig
 
 from .config import Settings
+from .lifecycle import Lifecycle
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
@@ -33,11 +34,25 @@ class SipService:
             hash_size=settings.hash_size,
             max_message_size=settings.max_message_size,
             delete_delay=settings.delete_delay,
+            bye_on_timeout=settings.bye_on_timeout,
+            ping=settings.ping,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
         )
         self.sockets = settings.sockets()
         self.engine = Engine(
             self.sockets, config, wall_offset=time.time() - self.loop.time()
         )
+        # Ended-call records, events (SSE, webhooks), metrics: app/lifecycle.py.
+        self.lifecycle = Lifecycle(
+            self,
+            ended_records=settings.ended_records,
+            webhooks=settings.webhook,
+            event_queue=settings.event_queue,
+            webhook_timeout=settings.webhook_timeout,
+        )
+        self.records = self.lifecycle.records
+        self.mi_requests = self.lifecycle.mi_requests
         self._udp: dict[int, asyncio.DatagramTransport] = {}
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._conns: dict[int, TcpConnection] = {}
@@ -64,8 +79,10 @@ class SipService:
                 self._tcp_servers.append(server)
             log.info("listening on %s", sock)
         self._sweeper = self.loop.create_task(self._sweep_idle())
+        await self.lifecycle.start()
 
     async def stop(self) -> None:
+        await self.lifecycle.stop()
         if self._sweeper:
             self._sweeper.cancel()
         for server in self._tcp_servers:
@@ -219,6 +236,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
             token=settings.mi_token,
             allow=settings.mi_allow or None,
             max_body=settings.mi_max_body,
+            extend=service.lifecycle.extend_app,
         )
         log.info("MI on http://%s:%s/mi", host, port)
     except ImportError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import dlg_req_within
+from . import dlg_ping, dlg_req_within
 from .address import split_values
 from .dialog import Dialog, DlgEvent, DlgState, EndReason, Socket
 from .message import ENCODING, ERRORS, SipError, SipMessage
@@ -135,6 +135,8 @@ def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) 
     stats.active_dialogs += 1
     dlg.timestart = int(eng.wall())
     arm_lifetime(eng, dlg, dlg.lifetime)
+    if eng.config.ping != "none":
+        dlg_ping.start(eng, dlg)
     if old is not None:
         eng.notify(dlg, old)
 
@@ -153,7 +155,20 @@ def on_lifetime(eng: Engine, dlg: Dialog) -> None:
     if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
         return
     eng.stats.expired_dialogs += 1
-    dlg_req_within.end_dialog(eng, dlg, EndReason.LIFETIME_TIMEOUT, "")
+    if eng.config.bye_on_timeout:
+        dlg_req_within.end_dialog(eng, dlg, EndReason.LIFETIME_TIMEOUT, "")
+    else:  # without flag B the dialog just expires: no BYE, no reason (reference §5.2)
+        terminate(eng, dlg, None)
+
+
+def set_lifetime(eng: Engine, dlg: Dialog, seconds: int) -> bool:
+    """Change a live dialog's remaining lifetime (MI ``dlg_set_timeout``); False if ended."""
+    if dlg.state is DlgState.DELETED:
+        return False
+    dlg.lifetime = seconds
+    if dlg.state in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
+        arm_lifetime(eng, dlg, seconds)
+    return True
 
 
 def on_failure(eng: Engine, dlg: Dialog) -> None:
@@ -169,9 +184,10 @@ def on_failure(eng: Engine, dlg: Dialog) -> None:
     _ended(eng, dlg, old)
 
 
-def terminate(eng: Engine, dlg: Dialog, reason: str) -> None:
+def terminate(eng: Engine, dlg: Dialog, reason: str | None) -> None:
     """End a dialog (state 5) with ``reason`` unless an earlier one was set."""
-    dlg.set_end_reason(reason)
+    if reason is not None:
+        dlg.set_end_reason(reason)
     previous = dlg.state
     old = dlg.apply(DlgEvent.TERMINATE)
     if old is None:

@@ -48,6 +48,8 @@ class Stats:
         "tcp_connections",
         "requests_by_method",
         "replies_by_class",
+        "sent_requests_by_method",
+        "sent_replies_by_class",
     )
 
     def __init__(self) -> None:
@@ -55,6 +57,10 @@ class Stats:
             setattr(self, name, 0)
         self.requests_by_method: Counter[str] = Counter()
         self.replies_by_class: Counter[str] = Counter()
+        #: Outgoing messages (retransmissions included), keyed by raw bytes to stay cheap:
+        #: the method (b"INVITE") or the status class digit (b"2").
+        self.sent_requests_by_method: Counter[bytes] = Counter()
+        self.sent_replies_by_class: Counter[bytes] = Counter()
 
     def dialog_stats(self) -> dict[str, int]:
         return {name: getattr(self, name) for name, _ in DIALOG_STATS}

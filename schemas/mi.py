@@ -282,6 +282,36 @@ class DialogCtxOneOut(BaseModel):
     Dialog: DialogCtxOut
 
 
+class EndedDialogOut(BaseModel):
+    """An ended-call record (``engine.dlg_records.make_record``), keys in output order."""
+
+    model_config = _STRICT
+    ID: str = Field(pattern=r"^[0-9a-f]+\.[0-9a-f]+$")
+    db_id: str = Field(pattern=r"^[0-9]+$")
+    callid: str
+    from_uri: str
+    from_tag: str
+    to_uri: str
+    to_tag: str = Field(description="the answering (or last early) callee's tag, or ''")
+    created: float = Field(description="Unix time the INVITE created the dialog")
+    confirmed: int = Field(description="Unix time of the 2xx (timestart); 0 if never answered")
+    ended: float = Field(description="Unix time the dialog reached state 5")
+    duration: int = Field(ge=0, description="seconds from confirmed to ended; 0 if unanswered")
+    state: int = Field(ge=1, le=5, description="final state (5)")
+    end_reason: str | None = Field(
+        description="$DLG_end_reason; null for failed calls and expiries without BYE"
+    )
+    bye_sent_by: Literal["caller", "callee", "engine"] | None = Field(
+        description="who sent the BYE that ended the call; null when none did"
+    )
+
+
+class EndedDialogsOut(BaseModel):
+    model_config = _STRICT
+    count: int = Field(description="records matching (all records for index/counter)")
+    Dialogs: list[EndedDialogOut] = Field(description="newest first")
+
+
 class UptimeOut(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     Now: str
@@ -330,6 +360,7 @@ P_EXTRA_HDRS = Param("extra_hdrs", "string", "raw header lines (with CRLF) added
 P_COMMAND = Param("command", "string", "an MI command name")
 P_MI_CMD = Param("mi_cmd", "string", "an MI command name")
 P_REVISION = Param("revision", "string", "any value: also report the source revision")
+P_TIMEOUT = Param("timeout", "int", "new remaining lifetime in seconds, from now (> 0)")
 P_STATISTICS = Param("statistics", "array", "statistic names, 'group:' prefixes or 'all'")
 
 _LIST_ERRORS = [(404, "No such dialog")]
@@ -462,6 +493,24 @@ COMMANDS: dict[str, Command] = {
             OkOut,
             "End a dialog: BYE both ways (confirmed) or CANCEL (early); reason 'MI Termination'.",
             errors=_END_ERRORS,
+        ),
+        _cmd(
+            "dlg_set_timeout",
+            "dialog",
+            [[P_DIALOG_ID, P_TIMEOUT]],
+            OkOut,
+            "Beyond OpenSIPS: set a live dialog's remaining lifetime (timeout in dlg_list "
+            "becomes now + timeout; an unanswered dialog gets it at confirmation).",
+            help="sets the remaining lifetime (seconds) of a dialog",
+            errors=[(404, "Requested Dialog not found"), (400, "Bad timeout")],
+        ),
+        _cmd(
+            "dlg_list_ended",
+            "dialog",
+            [[], [P_CALLID], [P_INDEX, P_COUNTER]],
+            EndedDialogsOut,
+            "Beyond OpenSIPS: ended-call records, newest first: all, by Call-ID, or a page.",
+            help="lists the records of ended dialogs (newest first)",
         ),
     )
 }

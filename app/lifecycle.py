@@ -1,0 +1,105 @@
+"""Wires the dialog-lifecycle extras into a running :class:`app.server.SipService`.
+
+``Lifecycle(service)`` (made in ``SipService.__init__``) keeps the ended-call records
+(``service.records``, fed from ``engine.ended_hooks``), the MI request counts
+(``service.mi_requests``, bumped by ``app/mi.py``), the event bus and its webhooks, the loop-lag
+monitor, and adds ``GET /events`` and ``GET /metrics`` to the MI application (``extend_app``),
+behind the MI's auth.  ``start``/``stop`` run and end the background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientSession, web
+
+from engine import dlg_handlers
+from engine.dialog import Dialog
+from engine.dlg_records import Record, RecordRing, install
+
+from .events import EventBus, Webhook, sse_handler
+from .metrics import LoopLag, make_registry, metrics_handler
+
+if TYPE_CHECKING:
+    from .server import SipService
+
+log = logging.getLogger("sipdlg.lifecycle")
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        service: SipService,
+        *,
+        ended_records: int = 10000,
+        webhooks: list[str] | None = None,
+        event_queue: int = 1000,
+        webhook_timeout: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.engine = service.engine
+        self.records = RecordRing(ended_records)
+        install(self.engine, self.records)
+        self.ended_by_reason: Counter[str] = Counter()
+        self.records.subscribers.append(self._count_reason)
+        self.mi_requests: Counter[tuple[str, str]] = Counter()
+        self.bus = EventBus(self.engine.observers, event_queue)
+        self.webhooks = [Webhook(self.bus, url, timeout=webhook_timeout) for url in webhooks or ()]
+        self.lag = LoopLag()
+        self.registry = make_registry(self)
+        self._session: ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _count_reason(self, record: Record) -> None:
+        self.ended_by_reason[record["end_reason"] or "none"] += 1
+
+    # -- engine operations for the MI -----------------------------------------------------------
+
+    def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
+        """Re-arm a dialog's lifetime (MI ``dlg_set_timeout``) at the loop's current time."""
+        service = self.service
+        service.engine.now = service.loop.time()
+        ok = dlg_handlers.set_lifetime(service.engine, dlg, seconds)
+        service.flush()
+        return ok
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.lag.start()
+        if self.webhooks:
+            self._session = ClientSession()
+            loop = asyncio.get_running_loop()
+            for hook in self.webhooks:
+                self._tasks.append(loop.create_task(hook.run(self._session)))
+
+    async def stop(self) -> None:
+        self.bus.close()
+        await self.lag.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def extend_app(self, app: web.Application) -> None:
+        """Add ``GET /events`` (SSE) and ``GET /metrics`` to the MI app (before its catch-all)."""
+        app.router.add_get("/events", sse_handler(self.bus))
+        app.router.add_get("/metrics", metrics_handler(self.registry))
+
+        async def close_streams(_: Any) -> None:
+            for consumer in list(self.bus.consumers):
+                if consumer.kind == "sse":
+                    consumer.close()
+
+        app.on_shutdown.append(close_streams)
