@@ -391,7 +391,10 @@ class Engine:
             routes = msg.get("route")
             if routes is None:
                 break
-            first = split_values(routes)[0]
+            values = split_values(routes)
+            if not values:
+                raise SipError(400, "Empty Route header")
+            first = values[0]
             uri = first[first.find("<") + 1 : first.rfind(">")] if "<" in first else first
             if not self.is_local_uri(uri):
                 break
