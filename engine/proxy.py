@@ -508,6 +508,9 @@ class Engine:
             via = msg.via
             _, method = msg.cseq
             msg.callid  # noqa: B018 - presence check
+            msg.to  # noqa: B018 - parsed now, so that later steps cannot fail halfway
+            if msg.status < 300 and msg.get("contact") is not None:
+                msg.contact  # noqa: B018
         except SipError:
             stats.parse_errors += 1
             stats.drop_replies += 1

@@ -256,3 +256,36 @@ def test_engine_needs_a_socket() -> None:
     eng = Engine([Socket("udp", "127.0.0.1", 5060)])
     assert eng.socket_for("udp") is eng.sockets[0]
     assert UDP.proto == "udp"
+
+
+def test_empty_route_header_400() -> None:
+    rig = Rig()
+    call = Call()
+    inv, ok = rig.call_up(call)
+    data = call.in_dialog("INFO", ok).replace(b"Max-Forwards: 70", b"Route: \r\nMax-Forwards: 70")
+    outs = rig.recv(data)
+    assert [o.status for o in outs] == [400]
+    ack = call.ack(ok).replace(b"Max-Forwards: 70", b"Route: \r\nMax-Forwards: 70")
+    assert rig.recv(ack) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"To: Bob <sip:bob@example.com>;tag=ttag1\r\n", b""),
+        (b"To: Bob <sip:bob@example.com>;tag=ttag1", b'To: "Bob <sip:bob@example.com>;tag=ttag1'),
+        (b"Contact: <sip:bob@127.0.0.1:5080>", b"Contact: <sip:bob@127.0.0.1:5080"),
+    ],
+)
+def test_malformed_response_dropped_without_side_effects(old: bytes, new: bytes) -> None:
+    rig = Rig()
+    call = Call()
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    good = call.reply(inv, 200, "OK")
+    assert old in good
+    assert rig.recv(good.replace(old, new), src=CALLEE) == []
+    assert rig.eng.stats.drop_replies == 1
+    assert list(rig.eng.dialogs)[0].state == 1
+    # The good 200 still goes through afterwards.
+    assert one(rig.recv(good, src=CALLEE), status=200).dest == CALLER
+    assert list(rig.eng.dialogs)[0].state == 3
