@@ -58,7 +58,30 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument("--webhook-timeout", type=int, metavar="S", help="per webhook POST (5)")
     p.add_argument("--event-queue", type=int, metavar="N", help="events queued per consumer (1000)")
-    p.add_argument("--db", metavar="URL", help="persistence (reserved; 'none' for now)")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="dialog persistence: sqlite:///PATH (default sqlite:///sipdlg.db under --data-dir) "
+        "or none (memory only)",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="where relative --db paths live (.)")
+    p.add_argument(
+        "--db-mode",
+        choices=["realtime", "delayed", "shutdown"],
+        help="when dialogs are written (OpenSIPS db_mode; realtime)",
+    )
+    p.add_argument(
+        "--db-update-period", type=int, metavar="S", help="delayed mode write period (60)"
+    )
+    p.add_argument(
+        "--db-sync",
+        choices=["off", "normal", "full"],
+        help="SQLite synchronous: normal survives a crash of sipdlg, full also of the host "
+        "(normal)",
+    )
+    p.add_argument(
+        "--ended-retention", type=int, metavar="S", help="keep ended-call records (604800 = 7 d)"
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
 
@@ -101,6 +124,8 @@ def serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from engine.dlg_db import DbError
+
     from .server import run
 
     if not args.no_uvloop:
@@ -112,6 +137,9 @@ def serve(args: argparse.Namespace) -> int:
             pass
     try:
         asyncio.run(run(settings))
+    except DbError as exc:
+        print(f"sipdlg: cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"sipdlg: cannot start: {exc}", file=sys.stderr)
         return 1

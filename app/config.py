@@ -34,7 +34,13 @@ class Settings:
     delete_delay: int = 0
     tcp_idle_timeout: int = 120
     log_level: str = "info"
-    db: str = "none"
+    # Persistence (docs/persistence.md): SQLite file, relative paths under data_dir.
+    db: str = "sqlite:///sipdlg.db"
+    data_dir: str = "."
+    db_mode: str = "realtime"
+    db_update_period: int = 60
+    db_sync: str = "normal"
+    ended_retention: int = 7 * 86400
     # Dialog lifecycle (docs/lifecycle.md)
     bye_on_timeout: bool = True
     ping: str = "none"
@@ -60,6 +66,8 @@ LIST_FIELDS = {"listen", "mi_allow", "webhook"}
 BOOL_FIELDS = {"bye_on_timeout"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "db_update_period",
+    "ended_retention",
     "ping_interval",
     "ping_timeout",
     "ended_records",
@@ -168,6 +176,22 @@ def validate(settings: Settings) -> None:
         raise ConfigError("default_timeout must be positive")
     if settings.max_message_size < 1024:
         raise ConfigError("max_message_size must be at least 1024")
+    if settings.db_mode not in ("realtime", "delayed", "shutdown"):
+        raise ConfigError(
+            f"db_mode: expected realtime, delayed or shutdown, got {settings.db_mode!r}"
+        )
+    if settings.db_sync not in ("off", "normal", "full"):
+        raise ConfigError(f"db_sync: expected off, normal or full, got {settings.db_sync!r}")
+    if settings.db_update_period <= 0:
+        raise ConfigError("db_update_period must be positive")
+    if settings.ended_retention < 0:
+        raise ConfigError("ended_retention must not be negative")
+    from engine.dlg_db import parse_db_url
+
+    try:
+        parse_db_url(settings.db, settings.data_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if settings.ping not in PING_MODES:
         raise ConfigError(f"ping: expected one of {', '.join(PING_MODES)}, got {settings.ping!r}")
     if settings.ping_interval <= 0 or settings.ping_timeout <= 0:

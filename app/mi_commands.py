@@ -199,6 +199,43 @@ async def dlg_end_dlg(service: MIService, params: BaseModel) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# dlg_db_sync, dlg_restore_db (persistence: app/persistence.py)
+# --------------------------------------------------------------------------------------------
+
+
+@handler("dlg_db_sync")
+async def dlg_db_sync(service: MIService, params: BaseModel) -> Any:
+    """Replace the stored dialogs by the ones in memory (OpenSIPS mi_sync_db_dlg)."""
+    db = getattr(service, "db", None)
+    if db is None:
+        raise MiError(400, "Cannot sync in no-db mode")
+    try:
+        db.sync_all()
+    except Exception as exc:
+        log.error("dlg_db_sync: %s", exc)
+        raise MiError(400, "Sync mem with DB failed") from None
+    return "OK"
+
+
+@handler("dlg_restore_db")
+async def dlg_restore_db(service: MIService, params: BaseModel) -> Any:
+    """Load stored dialogs that are not in memory (OpenSIPS mi_restore_dlg_db)."""
+    db = getattr(service, "db", None)
+    if db is None:
+        raise MiError(400, "Cannot restore db in no-db mode!")
+    try:
+        restore = getattr(service, "restore_db", None)
+        if restore is not None:
+            restore()
+        else:
+            db.restore(skip_known=True)
+    except Exception as exc:
+        log.error("dlg_restore_db: %s", exc)
+        raise MiError(400, "Restore dlg DB failed!") from None
+    return "OK"
+
+
+# --------------------------------------------------------------------------------------------
 # dlg_set_timeout, dlg_list_ended (beyond OpenSIPS: docs/lifecycle.md)
 # --------------------------------------------------------------------------------------------
 

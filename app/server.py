@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from engine.proxy import VERSION, Engine, EngineConfig
 
 from .config import Settings
 from .lifecycle import Lifecycle
+from .persistence import Persistence, open_persistence
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
@@ -62,10 +64,18 @@ class SipService:
         self._timer_when = float("inf")
         self._literal: dict[str, bool] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        #: Dialog persistence (app/persistence.py), set by run() unless ``--db none``.
+        self.db: Persistence | None = None
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        expired: list[Dialog] = []
+        if self.db is not None:  # restored before the sockets open: no request misses them
+            self.db.attach_records(getattr(self, "records", None))
+            self.engine.now = self.loop.time()
+            expired = self.db.restore()[1]
         for sock in self.sockets:
             if sock.proto == "udp":
                 transport, _ = await self.loop.create_datagram_endpoint(
@@ -80,6 +90,10 @@ class SipService:
             log.info("listening on %s", sock)
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
+        if self.db is not None:
+            self.db.expire(expired)  # lifetime over while down: "Lifetime Timeout", BYEs
+            self.db.start()
+            self.flush()
 
     async def stop(self) -> None:
         await self.lifecycle.stop()
@@ -102,6 +116,24 @@ class SipService:
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
             self.engine.stats.parse_errors += 1
+        if self.db is not None and self.db.realtime:
+            # Group commit: one flush (one commit) for everything read in this loop iteration.
+            if self._flush_handle is None:
+                self._flush_handle = self.loop.call_soon(self._flush_soon)
+        else:
+            self.flush()
+
+    def restore_db(self) -> int:
+        """MI ``dlg_restore_db``: load stored dialogs missing from memory; how many came."""
+        assert self.db is not None
+        self.engine.now = self.loop.time()
+        restored, expired = self.db.restore(skip_known=True)
+        self.db.expire(expired)
+        self.flush()
+        return len(restored)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
         self.flush()
 
     def end_dialog(self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = "") -> bool:
@@ -112,6 +144,8 @@ class SipService:
 
     def flush(self) -> None:
         engine = self.engine
+        if engine.dirty and self.db is not None and self.db.realtime:
+            self.db.write_dirty()  # durable before the messages that caused it go out
         outbox = engine.outbox
         if outbox:
             for item in outbox:
@@ -222,7 +256,13 @@ class SipService:
 async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     service = SipService(settings)
-    await service.start()
+    service.db = open_persistence(settings, service.engine)  # DbError: refuse to start
+    try:
+        await service.start()
+    except BaseException:
+        if service.db is not None:
+            service.db.store.close()
+        raise
     mi_runner: Any = None
     try:
         from . import mi
@@ -249,7 +289,18 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ready.set()
     log.info("sipdlg %s started", VERSION)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: no new dialogs, saving the dialogs, closing")
+    service.engine.accepting = False  # new INVITEs get 503 from here on
+
+    def exit_now() -> None:
+        log.warning("second signal: exiting at once")
+        os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, exit_now)
+    service.flush()
     if mi_runner is not None:
         await mi_runner.cleanup()
     await service.stop()
+    if service.db is not None:
+        service.db.close()

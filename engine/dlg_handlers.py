@@ -107,6 +107,7 @@ def on_reply(eng: Engine, ctx: ClientTransaction, msg: SipMessage) -> None:
             dlg.caller_contact = contact.uri
         if sdp is not None:
             dlg.caller_sdp = sdp
+    eng.mark_dirty(dlg)
 
 
 def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) -> None:
@@ -147,6 +148,7 @@ def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float) -> None:
     if timer is not None:
         timer.cancel()  # type: ignore[attr-defined]
     dlg.timeout = int(eng.wall() + seconds)
+    eng.mark_dirty(dlg)
     dlg.timer = eng.timers.call_at(eng.now + seconds, on_lifetime, eng, dlg)
 
 
@@ -202,6 +204,7 @@ def terminate(eng: Engine, dlg: Dialog, reason: str | None) -> None:
 
 def _ended(eng: Engine, dlg: Dialog, old: DlgState | None) -> None:
     dlg.ended = eng.now
+    eng.mark_dirty(dlg)
     timer = dlg.timer
     if timer is not None:
         timer.cancel()  # type: ignore[attr-defined]
@@ -261,6 +264,7 @@ def route_in_dialog(
     cseq = msg.cseq[0]
     leg = dlg.callee
     if method not in ("ACK", "CANCEL"):
+        eng.mark_dirty(dlg)
         if direction == 1 and leg is not None:
             if cseq > leg.caller_cseq:
                 leg.caller_cseq = cseq
@@ -269,6 +273,7 @@ def route_in_dialog(
     if method == "ACK":
         old = dlg.apply(DlgEvent.ACK)
         if old is not None:
+            eng.mark_dirty(dlg)
             eng.notify(dlg, old)
     elif method in ("INVITE", "UPDATE"):
         contact = msg.contact

@@ -495,6 +495,24 @@ COMMANDS: dict[str, Command] = {
             errors=_END_ERRORS,
         ),
         _cmd(
+            "dlg_db_sync",
+            "dialog",
+            [[]],
+            OkOut,
+            "Rewrite the dialog database from memory: every stored dialog is replaced by the "
+            "confirmed dialogs in memory (docs/persistence.md).",
+            errors=[(400, "Cannot sync in no-db mode"), (400, "Sync mem with DB failed")],
+        ),
+        _cmd(
+            "dlg_restore_db",
+            "dialog",
+            [[]],
+            OkOut,
+            "Load the dialogs of the database that are not in memory (same IDs, lifetimes "
+            "re-armed; expired ones end with 'Lifetime Timeout').",
+            errors=[(400, "Cannot restore db in no-db mode!"), (400, "Restore dlg DB failed!")],
+        ),
+        _cmd(
             "dlg_set_timeout",
             "dialog",
             [[P_DIALOG_ID, P_TIMEOUT]],

@@ -1,0 +1,291 @@
+"""The shell side of dialog persistence: when dirty dialogs are written, restore, MI hooks.
+
+OpenSIPS ``db_mode`` semantics (reference §5.5):
+
+* ``realtime``: ``SipService.flush`` calls :meth:`Persistence.write_dirty` *before* it writes
+  the outbox, so a dialog's confirmed state is committed before its 2xx is forwarded and every
+  later change before the message that caused it leaves.  All dialogs changed since the last
+  flush go in one transaction (group commit); the server coalesces flushes per event-loop
+  iteration so one commit covers every datagram read in it.
+* ``delayed``: dirty dialogs are written every ``--db-update-period`` seconds and at shutdown.
+* ``shutdown``: the whole table is written at a clean stop (and emptied after a restore, so a
+  crash never resurrects calls that ended since).
+
+Ended-call records go to the same database with the next write (realtime, delayed) or at stop
+(shutdown), and are pruned after ``--ended-retention`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from engine.dialog import Dialog, DlgState
+from engine.dlg_db import (
+    STORED_STATES,
+    DbError,
+    DialogStore,
+    dialog_row,
+    ended_record,
+    expire,
+    restore_dialogs,
+)
+from engine.proxy import Engine
+
+log = logging.getLogger("sipdlg.db")
+
+DB_MODES = ("realtime", "delayed", "shutdown")
+#: Ended-call records waiting for a write are capped (shutdown mode keeps them until the stop).
+MAX_PENDING_ENDED = 100_000
+PRUNE_EVERY = 3600.0
+
+
+class Persistence:
+    """Writes an engine's dialogs to a :class:`DialogStore` according to the db mode."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: DialogStore,
+        *,
+        mode: str = "realtime",
+        update_period: float = 60.0,
+        retention: float = 7 * 86400.0,
+    ) -> None:
+        if mode not in DB_MODES:
+            raise ValueError(f"db_mode must be one of {', '.join(DB_MODES)}")
+        self.engine = engine
+        self.store = store
+        self.mode = mode
+        self.realtime = mode == "realtime"
+        self.update_period = update_period
+        self.retention = retention
+        engine.track_dirty = mode != "shutdown"
+        #: db_ids that have a row in the store (so a dialog ending knows to delete it).
+        self.persisted: set[int] = set()
+        self.pending_ended: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ENDED)
+        self.writes = 0
+        self.failures = 0
+        self._last_error = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._ended_hook: Callable[[Dialog], None] | None = None
+
+    # -- ended-call records -------------------------------------------------------------------
+
+    def attach_records(self, ring: Any | None) -> None:
+        """Save every ended-call record: from issue 4's ring when the server has one (stored
+        records are loaded back into it first), else built here from ``ended_hooks``."""
+        if ring is not None and hasattr(ring, "subscribers"):
+            try:
+                stored = self.store.ended(limit=getattr(ring, "size", 10000) or 0)
+            except DbError as exc:
+                log.warning("cannot load ended-call records: %s", exc)
+                stored = []
+            # Oldest first, without the ring's subscribers (metrics count only new ends).
+            target = getattr(ring, "_ring", None)
+            for record in reversed(stored):
+                if target is not None:
+                    target.append(record)
+                else:
+                    ring.add(record)
+            ring.subscribers.append(self.save_ended)
+            return
+        eng = self.engine
+
+        def on_ended(dlg: Dialog) -> None:
+            self.save_ended(ended_record(dlg, eng.wall_offset))
+
+        self._ended_hook = on_ended
+        eng.ended_hooks.append(on_ended)
+
+    def save_ended(self, record: dict[str, Any]) -> None:
+        """Queue an ended-call record for the next write (``ended_dialogs`` table)."""
+        # Realtime/delayed: the record rides with the write of the dialog's own end.
+        self.pending_ended.append(record)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write_dirty(self) -> bool:
+        """One transaction with every dirty dialog and pending record; False if it failed
+        (the dialogs stay dirty and are retried with the next write)."""
+        eng = self.engine
+        dirty = eng.dirty
+        if not dirty and not self.pending_ended:
+            return True
+        upserts = []
+        deletes = []
+        gone = []
+        persisted = self.persisted
+        wall_offset = eng.wall_offset
+        now = eng.wall()
+        for dlg in dirty:
+            state = dlg.state
+            if state in STORED_STATES:
+                upserts.append(dialog_row(dlg, wall_offset, now))
+            elif state is DlgState.DELETED and dlg.db_id in persisted:
+                deletes.append(dlg.db_id)
+                gone.append(dlg.db_id)
+        ended = list(self.pending_ended)
+        if upserts or deletes or ended:
+            try:
+                self.store.write(upserts, deletes, ended)
+            except DbError as exc:
+                self._failed(exc)
+                return False
+            self.writes += 1
+            for row in upserts:
+                persisted.add(row[0])
+            persisted.difference_update(gone)
+        dirty.clear()
+        self.pending_ended.clear()
+        return True
+
+    def sync_all(self) -> None:
+        """Replace the stored dialogs by the ones in memory (MI ``dlg_db_sync``, shutdown
+        mode at stop).  Raises DbError."""
+        eng = self.engine
+        wall_offset = eng.wall_offset
+        now = eng.wall()
+        rows = [dialog_row(d, wall_offset, now) for d in eng.dialogs if d.state in STORED_STATES]
+        self.store.write(rows, (), list(self.pending_ended), replace_all=True)
+        self.writes += 1
+        self.persisted = {row[0] for row in rows}
+        self.pending_ended.clear()
+        if self.mode != "shutdown":
+            eng.dirty.clear()
+
+    def _failed(self, exc: DbError) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_error > 5:
+            self._last_error = now
+            log.error(
+                "%s (%d failed writes so far; dialogs kept in memory, retrying)", exc, self.failures
+            )
+
+    # -- restoring ----------------------------------------------------------------------------
+
+    def restore(self, *, skip_known: bool = False) -> tuple[list[Dialog], list[Dialog]]:
+        """Load every stored dialog into the engine; returns (restored, expired).
+
+        The expired ones (lifetime over while down) must then be ended with :meth:`expire`
+        once the transports can send the BYEs.  Raises DbError.
+        """
+        eng = self.engine
+        started = time.perf_counter()
+        rows = self.store.load()
+        before = set(eng.dirty)
+        restored, expired = restore_dialogs(eng, rows, skip_known=skip_known)
+        # Re-arming the lifetimes marked them dirty: they are stored already.
+        eng.dirty.clear()
+        eng.dirty.update(before)
+        self.persisted.update(d.db_id for d in restored)
+        ping = getattr(eng.config, "ping", "none")
+        if ping != "none":
+            from engine import dlg_ping
+
+            for dlg in restored:
+                if dlg not in expired:
+                    dlg_ping.start(eng, dlg)
+        if self.mode == "shutdown" and not skip_known:
+            # Only a clean stop writes the table again: a crash must not bring these back.
+            self.store.write((), (), (), replace_all=True)
+            self.persisted.clear()
+        elapsed = time.perf_counter() - started
+        if rows or restored:
+            log.info(
+                "restored %d dialogs from %s in %.3f s (%d expired while down)",
+                len(restored),
+                self.store.where,
+                elapsed,
+                len(expired),
+            )
+        return restored, expired
+
+    def expire(self, dialogs: list[Dialog]) -> None:
+        """End dialogs whose lifetime ran out while the server was down (BYEs both ways)."""
+        if dialogs:
+            expire(self.engine, dialogs)
+
+    # -- background work ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.prune()
+        self._task = asyncio.get_running_loop().create_task(self._background())
+
+    async def _background(self) -> None:
+        next_prune = time.monotonic() + PRUNE_EVERY
+        period = self.update_period if self.mode == "delayed" else 1.0
+        while True:
+            await asyncio.sleep(period)
+            if self.mode == "delayed":
+                self.write_dirty()
+            elif self.mode == "realtime" and self.pending_ended:
+                self.write_dirty()  # records of calls that never reached a stored state
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                self.prune()
+
+    def prune(self) -> None:
+        if self.retention <= 0:
+            return
+        try:
+            gone = self.store.prune_ended(time.time() - self.retention)
+        except DbError as exc:
+            log.warning("%s", exc)
+            return
+        if gone:
+            log.info("pruned %d ended-call records older than %d s", gone, self.retention)
+
+    def close(self) -> None:
+        """Final write according to the mode, then release the database."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        try:
+            if self.mode == "shutdown":
+                self.sync_all()
+            else:
+                self.write_dirty()
+            log.info("dialogs saved to %s (%d stored)", self.store.where, len(self.persisted))
+        except DbError as exc:
+            log.error("final write failed: %s", exc)
+        finally:
+            self.store.close()
+
+
+def open_persistence(settings: Any, engine: Engine) -> Persistence | None:
+    """The persistence the settings ask for (None for ``--db none``); DbError says why not."""
+    import os
+
+    from engine.dlg_db import open_store, parse_db_url
+
+    try:
+        path = parse_db_url(settings.db, settings.data_dir)
+    except ValueError as exc:
+        raise DbError(str(exc)) from None
+    if path is None:
+        log.info("dialog persistence off (--db none): dialogs live in memory only")
+        return None
+    data_dir = os.path.abspath(settings.data_dir or ".")
+    if os.path.abspath(path).startswith(data_dir + os.sep):  # --data-dir is made if missing
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as exc:
+            raise DbError(f"cannot create --data-dir {settings.data_dir}: {exc.strerror}") from None
+    store = open_store(
+        settings.db, settings.hash_size, data_dir=settings.data_dir, synchronous=settings.db_sync
+    )
+    assert store is not None
+    log.info("dialog persistence: %s, db_mode %s", store.where, settings.db_mode)
+    return Persistence(
+        engine,
+        store,
+        mode=settings.db_mode,
+        update_period=settings.db_update_period,
+        retention=settings.ended_retention,
+    )

@@ -1,0 +1,249 @@
+"""The storage layer (engine/dlg_db.py) and the dirty tracking of the engine, without
+processes: rows round-trip every field, restore re-arms lifetimes and stats, the engine marks
+each change, the SQLite file is versioned, locked and checked."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from test_engine_kit import CALLEE, TCP, UDP, Call, Rig, one
+
+from engine.dialog import CalleeLeg, Dialog, DlgState, Socket
+from engine.dlg_db import (
+    SCHEMA_VERSION,
+    DbError,
+    SqliteStore,
+    dialog_row,
+    expire,
+    open_store,
+    parse_db_url,
+    restore_dialogs,
+)
+from engine.proxy import Engine
+
+
+def fake_dialog(
+    i: int, *, timeout: int | None = None, state: DlgState = DlgState.CONFIRMED
+) -> Dialog:
+    """A confirmed dialog with every field set to something recognisable."""
+    callid = f"call-{i}@test"
+    from engine.dlg_table import callid_hash
+
+    now = int(time.time())
+    return Dialog(
+        h_entry=callid_hash(callid, 4096),
+        h_id=1000 + i,
+        callid=callid,
+        from_uri=f"sip:alice{i}@a.example",
+        to_uri=f"sip:bob{i}@b.example",
+        caller_tag=f"ftag{i}",
+        caller_contact=f"sip:alice@127.0.0.1:{20000 + i % 1000}",
+        caller_socket=Socket("udp", "127.0.0.1", 5060),
+        invite_cseq=7,
+        caller_route_set=["<sip:edge.a.example;lr>", "<sip:core.a.example;lr>"],
+        callee_cseq=3,
+        caller_sdp="v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\n",
+        caller_source=("udp", "127.0.0.1", 20000 + i % 1000),
+        callees=[
+            CalleeLeg(tag=f"early{i}", contact="sip:x@127.0.0.1:1", caller_cseq=7),
+            CalleeLeg(
+                tag=f"ttag{i}",
+                contact=f"sip:bob@127.0.0.1:{30000 + i % 1000}",
+                caller_cseq=9,
+                route_set=["<sip:gw.b.example;lr>"],
+                socket=Socket("tcp", "127.0.0.1", 5060),
+                sdp="v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\n",
+            ),
+        ],
+        confirmed_leg=1,
+        state=state,
+        user_flags="",
+        timestart=now - 10,
+        timeout=now + 3600 if timeout is None else timeout,
+        lifetime=3600,
+        local_cseq_caller=4,
+        local_cseq_callee=11,
+        created=time.time() - 12,
+    )
+
+
+def engine() -> Engine:
+    return Engine([UDP, TCP])
+
+
+FIELDS = (
+    "h_entry h_id callid from_uri to_uri caller_tag caller_contact invite_cseq caller_route_set "
+    "callee_cseq caller_sdp caller_sent_sdp caller_source confirmed_leg state user_flags "
+    "timestart timeout lifetime end_reason local_cseq_caller local_cseq_callee"
+).split()
+
+
+def test_row_round_trip_every_field(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    dlgs = [fake_dialog(i) for i in range(5)]
+    store.write([dialog_row(d, 0.0, time.time()) for d in dlgs], ())
+    eng = engine()
+    restored, expired = restore_dialogs(eng, store.load())
+    assert not expired
+    by_id = {d.db_id: d for d in restored}
+    for d in dlgs:
+        r = by_id[d.db_id]
+        for name in FIELDS:
+            assert getattr(r, name) == getattr(d, name), name
+        assert str(r.caller_socket) == "udp:127.0.0.1:5060"
+        assert r.caller_socket is UDP  # the engine's own socket object
+        assert r.callees[1].socket is TCP and r.callees[0].socket is None
+        assert [vars_of(leg) for leg in r.callees] == [vars_of(leg) for leg in d.callees]
+        assert eng.dialogs.get_by_did(d.did) is r
+        assert r.timer is not None  # lifetime re-armed
+    assert eng.stats.active_dialogs == 5 and eng.stats.early_dialogs == 0
+    store.close()
+
+
+def vars_of(leg: CalleeLeg) -> tuple[object, ...]:
+    return (leg.tag, leg.contact, leg.caller_cseq, leg.route_set, str(leg.socket), leg.sdp)
+
+
+def test_restore_keeps_ids_ahead_and_expires_overdue(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    live = fake_dialog(1)
+    overdue = fake_dialog(2, timeout=int(time.time()) - 5)
+    store.write([dialog_row(d, 0.0, time.time()) for d in (live, overdue)], ())
+    eng = engine()
+    eng.wall_offset = time.time()
+    restored, expired = restore_dialogs(eng, store.load())
+    assert [d.callid for d in expired] == [overdue.callid]
+    # A new dialog in the same bucket never reuses a restored id.
+    h_entry, h_id = eng.dialogs.new_ids(live.callid)
+    assert h_entry == live.h_entry and h_id > live.h_id
+    expire(eng, expired)
+    byes = [s for s in eng.outbox if s.data.startswith(b"BYE ")]
+    assert len(byes) == 2
+    assert b"CSeq: 5 BYE" in byes[0].data  # max(callee_cseq 3, local 4) + 1 toward the caller
+    assert b"CSeq: 12 BYE" in byes[1].data  # max(caller_cseq 9, local 11) + 1 toward callee
+    assert eng.stats.expired_dialogs == 1 and eng.stats.active_dialogs == 1
+    store.close()
+
+
+def test_only_confirmed_dialogs_are_restored(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    rows = [dialog_row(fake_dialog(i, state=s), 0.0, 0.0) for i, s in enumerate(DlgState)]
+    store.write(rows, ())
+    restored, _ = restore_dialogs(engine(), store.load())
+    assert sorted(d.state for d in restored) == [DlgState.CONFIRMED_NA, DlgState.CONFIRMED]
+    store.close()
+
+
+def test_engine_marks_every_change_dirty() -> None:
+    rig = Rig()
+    eng = rig.eng
+    eng.track_dirty = True
+    call = Call(1)
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    rig.recv(call.reply(inv, 180, "Ringing"), src=CALLEE)
+    assert not eng.dirty  # unconfirmed / early dialogs are not stored
+    ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+    (dlg,) = eng.dirty
+    assert dlg.state is DlgState.CONFIRMED_NA
+    eng.dirty.clear()
+    rig.recv(call.ack(ok))
+    assert eng.dirty == {dlg} and dlg.state is DlgState.CONFIRMED
+    eng.dirty.clear()
+    reinvite = one(rig.recv(call.in_dialog("INVITE", ok)), method="INVITE")
+    assert eng.dirty == {dlg}
+    eng.dirty.clear()
+    rig.recv(call.answer_request(reinvite), src=CALLEE)
+    assert eng.dirty == {dlg}  # the answer's contact/SDP
+    eng.dirty.clear()
+    rig.recv(call.in_dialog("BYE", ok))
+    assert eng.dirty == {dlg} and dlg.state is DlgState.DELETED
+
+
+def test_dirty_not_tracked_without_persistence() -> None:
+    rig = Rig()
+    call = Call(1)
+    rig.call_up(call)
+    assert not rig.eng.dirty
+
+
+def test_schema_version_and_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    SqliteStore(str(path), 1024).close()
+    db = sqlite3.connect(path)
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    assert meta["schema_version"] == str(SCHEMA_VERSION)
+    assert meta["hash_size"] == "1024"
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(DbError, match="schema version 99, newer"):
+        SqliteStore(str(path), 1024)
+
+
+def test_hash_size_mismatch_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "d.db")
+    SqliteStore(path, 4096).close()
+    with pytest.raises(DbError, match="hash_size 4096.*--hash-size 4096"):
+        SqliteStore(path, 2048)
+
+
+def test_lock_excludes_a_second_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "d.db")
+    first = SqliteStore(path, 4096)
+    with pytest.raises(DbError, match="in use by another sipdlg"):
+        SqliteStore(path, 4096)
+    first.close()
+    SqliteStore(path, 4096).close()  # released on close
+
+
+def test_foreign_sqlite_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE accounts (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(DbError, match="not a sipdlg database"):
+        SqliteStore(str(path), 4096)
+
+
+def test_corrupt_page_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = SqliteStore(str(path), 4096)
+    store.write([dialog_row(fake_dialog(i), 0.0, 0.0) for i in range(300)], ())
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    for off in range(2 * page, len(data), page):  # scribble over every page but the first two
+        data[off : off + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(DbError, match="corrupt"):
+        SqliteStore(str(path), 4096)
+
+
+def test_write_deletes_and_ended_records(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    d = [fake_dialog(i) for i in range(3)]
+    store.write([dialog_row(x, 0.0, 0.0) for x in d], ())
+    record = {"ID": d[0].did, "db_id": str(d[0].db_id), "callid": d[0].callid, "ended": 10.0}
+    store.write([], [d[0].db_id], [record])
+    assert store.count() == 2
+    assert store.ended() == [record]
+    assert store.prune_ended(11.0) == 1 and store.ended() == []
+    store.write([dialog_row(d[0], 0.0, 0.0)], (), replace_all=True)
+    assert [r[0] for r in store.load()] == [d[0].db_id]
+    store.close()
+
+
+def test_db_urls(tmp_path: Path) -> None:
+    assert parse_db_url("none") is None
+    assert parse_db_url("sqlite:///x.db", "/data") == "/data/x.db"
+    assert parse_db_url("sqlite:////abs/x.db", "/data") == "/abs/x.db"
+    assert parse_db_url("sqlite:y.db", "/d") == "/d/y.db"
+    assert parse_db_url("/abs/z.db") == "/abs/z.db"
+    with pytest.raises(ValueError, match="unsupported"):
+        parse_db_url("mysql://h/db")
+    assert open_store("none", 4096) is None
