@@ -124,16 +124,26 @@ class SipdlgCollector(Collector):
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
 
-        yield gauge("sipdlg_dialogs_active", "Confirmed dialogs (OpenSIPS active_dialogs)", st.active_dialogs)
-        yield gauge("sipdlg_dialogs_early", "Early dialogs (OpenSIPS early_dialogs)", st.early_dialogs)
+        yield gauge(
+            "sipdlg_dialogs_active",
+            "Confirmed dialogs (OpenSIPS active_dialogs)",
+            st.active_dialogs,
+        )
+        yield gauge(
+            "sipdlg_dialogs_early", "Early dialogs (OpenSIPS early_dialogs)", st.early_dialogs
+        )
         yield gauge(
             "sipdlg_dialogs_in_memory",
             "Dialogs in the table, state-5 ones kept by delete_delay included",
             len(engine.dialogs),
         )
         yield counter("sipdlg_dialogs_processed", "Dialogs created", st.processed_dialogs)
-        yield counter("sipdlg_dialogs_expired", "Dialogs whose lifetime ran out", st.expired_dialogs)
-        yield counter("sipdlg_dialogs_failed", "Calls that failed (4xx-6xx, CANCEL)", st.failed_dialogs)
+        yield counter(
+            "sipdlg_dialogs_expired", "Dialogs whose lifetime ran out", st.expired_dialogs
+        )
+        yield counter(
+            "sipdlg_dialogs_failed", "Calls that failed (4xx-6xx, CANCEL)", st.failed_dialogs
+        )
         ended = CounterMetricFamily(
             "sipdlg_dialogs_ended", "Dialogs that reached state 5, by end reason", labels=["reason"]
         )
@@ -143,9 +153,15 @@ class SipdlgCollector(Collector):
         yield gauge("sipdlg_ended_records", "Ended-call records held in memory", len(life.records))
 
         reqs = CounterMetricFamily(
-            "sipdlg_sip_requests", "SIP requests by direction and method", labels=["direction", "method"]
+            "sipdlg_sip_requests",
+            "SIP requests by direction and method",
+            labels=["direction", "method"],
         )
-        for direction, source in (("in", st.requests_by_method), ("out", st.sent_requests_by_method)):
+        sources: tuple[tuple[str, Counter[Any]], ...] = (
+            ("in", st.requests_by_method),
+            ("out", st.sent_requests_by_method),
+        )
+        for direction, source in sources:
             merged: Counter[str] = Counter()
             for method, n in list(source.items()):
                 merged[_method(method)] += n
@@ -153,7 +169,9 @@ class SipdlgCollector(Collector):
                 reqs.add_metric([direction, method], n)
         yield reqs
         replies = CounterMetricFamily(
-            "sipdlg_sip_replies", "SIP replies by direction and status class", labels=["direction", "class"]
+            "sipdlg_sip_replies",
+            "SIP replies by direction and status class",
+            labels=["direction", "class"],
         )
         for cls, n in sorted(st.replies_by_class.items()):
             replies.add_metric(["in", cls], n)
@@ -161,7 +179,9 @@ class SipdlgCollector(Collector):
             replies.add_metric(["out", f"{digit.decode('ascii', 'replace')}xx"], n)
         yield replies
         for name, value in st.core_stats().items():
-            yield counter(f"sipdlg_sip_{name}", f"Core counter {name} (get_statistics core:)", value)
+            yield counter(
+                f"sipdlg_sip_{name}", f"Core counter {name} (get_statistics core:)", value
+            )
 
         mi = CounterMetricFamily(
             "sipdlg_mi_requests", "MI calls by method and outcome", labels=["method", "outcome"]
@@ -171,8 +191,12 @@ class SipdlgCollector(Collector):
         yield mi
 
         bus = life.bus
-        yield counter("sipdlg_events_published", "Dialog state-change events published", bus.published)
-        consumers = GaugeMetricFamily("sipdlg_event_consumers", "Connected event consumers", labels=["kind"])
+        yield counter(
+            "sipdlg_events_published", "Dialog state-change events published", bus.published
+        )
+        consumers = GaugeMetricFamily(
+            "sipdlg_event_consumers", "Connected event consumers", labels=["kind"]
+        )
         kinds = Counter(c.kind for c in bus.consumers)
         for kind in ("sse", "webhook"):
             consumers.add_metric([kind], kinds.get(kind, 0))

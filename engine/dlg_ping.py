@@ -68,7 +68,9 @@ def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
     if ctx is None:  # nothing to send to on this leg: try again later
         eng.timers.call_at(eng.now + interval, ping, eng, dlg, to_caller)
         return
-    guard = eng.timers.call_at(eng.now + eng.config.ping_timeout, _no_answer, eng, dlg, ctx, to_caller)
+    guard = eng.timers.call_at(
+        eng.now + eng.config.ping_timeout, _no_answer, eng, dlg, ctx, to_caller
+    )
 
 
 def _no_answer(eng: Engine, dlg: Dialog, ctx: ClientTransaction, to_caller: bool) -> None:

@@ -65,7 +65,9 @@ def ended(server: SipdlgProcess, **params: Any) -> dict[str, Any]:
     return mi(server, "dlg_list_ended", params or None)  # type: ignore[no-any-return]
 
 
-def wait_ended(server: SipdlgProcess, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+def wait_ended(
+    server: SipdlgProcess, count: int = 1, timeout: float = 15.0
+) -> list[dict[str, Any]]:
     """Wait until ``count`` ended-call records exist; returns them newest first."""
 
     def got() -> list[dict[str, Any]] | None:

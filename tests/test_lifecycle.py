@@ -35,9 +35,7 @@ def start(
     opts.setdefault("db", "none")
     callee = sipp_uas(uas, variables=uas_vars or {})
     server = sipdlg_server(uas_port=callee.port, **opts)
-    caller = sipp(
-        uac, remote=server.sip_address, calls=1, timeout=40, pause_ms=uac_pause_ms
-    )
+    caller = sipp(uac, remote=server.sip_address, calls=1, timeout=40, pause_ms=uac_pause_ms)
     caller.start()
     return caller, callee, server
 
@@ -199,9 +197,7 @@ def test_ping_answered_with_junk_5xx_keeps_the_call(
 def test_reinvite_updates_contact_and_sdp(
     sipp: Factory, sipp_uas: Factory, sipdlg_server: Server
 ) -> None:
-    caller, callee, server = start(
-        sipp, sipp_uas, sipdlg_server, "uac_reinvite_move", "uas_answer"
-    )
+    caller, callee, server = start(sipp, sipp_uas, sipdlg_server, "uac_reinvite_move", "uas_answer")
 
     def moved() -> dict[str, Any] | None:
         ds = dialogs(server)
@@ -237,9 +233,7 @@ def test_caller_bye_is_downstream(sipp: Factory, sipp_uas: Factory, sipdlg_serve
 
 
 def test_callee_bye_is_upstream(sipp: Factory, sipp_uas: Factory, sipdlg_server: Server) -> None:
-    caller, callee, server = start(
-        sipp, sipp_uas, sipdlg_server, "uac_wait_bye", "uas_send_bye"
-    )
+    caller, callee, server = start(sipp, sipp_uas, sipdlg_server, "uac_wait_bye", "uas_send_bye")
     finish(caller)
     (rec,) = wait_ended(server)
     assert rec["end_reason"] == "Upstream BYE" and rec["bye_sent_by"] == "callee"
