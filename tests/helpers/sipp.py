@@ -71,6 +71,7 @@ class SippStats:
     failed_unexpected: int
     failed_timeout_on_recv: int
     failed_max_udp_retrans: int
+    failed_tcp_closed: int
     out_of_call_msgs: int
     dead_call_msgs: int
     raw: dict[str, str] = field(repr=False, compare=False)
@@ -88,6 +89,7 @@ class SippStats:
             failed_unexpected=_int(raw, "FailedUnexpectedMessage(C)"),
             failed_timeout_on_recv=_int(raw, "FailedTimeoutOnRecv(C)"),
             failed_max_udp_retrans=_int(raw, "FailedMaxUDPRetrans(C)"),
+            failed_tcp_closed=_int(raw, "FailedTcpClosed(C)"),
             out_of_call_msgs=_int(raw, "OutOfCallMsgs(C)"),
             dead_call_msgs=_int(raw, "DeadCallMsgs(C)"),
             raw=raw,
