@@ -37,6 +37,9 @@ class SipdlgProcess:
       ``True`` → bare flag; a list → repeated option; ``None``/``False`` skipped.
     * ``extra_args``: appended verbatim. ``env``: added to the environment
       (e.g. ``SIPDLG_*`` settings).
+    * ``--data-dir`` defaults to ``workdir`` (so the default SQLite dialog
+      store lands in the test's tmp_path, not the repo) unless ``data_dir`` is
+      given, ``--data-dir`` is in ``extra_args`` or ``SIPDLG_DATA_DIR`` is set.
 
     Readiness: the TCP SIP port and (if any) the MI port accept connections,
     within ``ready_timeout`` seconds. stdout+stderr go to ``log_file``.
@@ -125,7 +128,14 @@ class SipdlgProcess:
             # The default database (sipdlg.db in the data dir) is locked per server: give
             # each process its own directory under the test's workdir.
             cmd += ["--data-dir", str(self.workdir / f"{self.name}-{self.port}.data")]
-        for key, value in self.opts.items():
+        opts = dict(self.opts)
+        if (
+            "data_dir" not in opts
+            and "--data-dir" not in self.extra_args
+            and "SIPDLG_DATA_DIR" not in self.env
+        ):
+            opts["data_dir"] = str(self.workdir)
+        for key, value in opts.items():
             if value is None or value is False:
                 continue
             if value is True:
