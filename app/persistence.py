@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 from engine.dialog import Dialog, DlgState
 from engine.dlg_db import (
     STORED_STATES,
+    ChangeSet,
     DbError,
     DialogStore,
     dialog_row,
@@ -42,6 +44,79 @@ DB_MODES = ("realtime", "delayed", "shutdown")
 #: Ended-call records waiting for a write are capped (shutdown mode keeps them until the stop).
 MAX_PENDING_ENDED = 100_000
 PRUNE_EVERY = 3600.0
+
+
+class _Batch:
+    """One flush's changes, the dialogs they came from, and the messages waiting for them."""
+
+    __slots__ = ("changes", "dialogs", "held")
+
+    def __init__(self, changes: ChangeSet, dialogs: list[Dialog], held: list[Any]) -> None:
+        self.changes = changes
+        self.dialogs = dialogs
+        self.held = held
+
+
+class _Writer(threading.Thread):
+    """Commits change sets off the event loop.  Whatever is submitted while a commit runs
+    goes into the next transaction together (group commit); the loop is told through
+    ``call_soon_threadsafe`` in submission order.  The loop thread only builds rows."""
+
+    def __init__(
+        self,
+        store: DialogStore,
+        loop: asyncio.AbstractEventLoop,
+        done: Callable[[list[_Batch], DbError | None], None],
+    ) -> None:
+        super().__init__(name="sipdlg-db-writer", daemon=True)
+        self.store = store
+        self.loop = loop
+        self.done = done
+        self.cv = threading.Condition()
+        self.queue: list[_Batch] = []
+        self.busy = False
+        self.stopping = False
+
+    def submit(self, batch: _Batch) -> None:
+        with self.cv:
+            self.queue.append(batch)
+            self.cv.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue and not self.stopping:
+                    self.cv.wait()
+                if not self.queue:
+                    return
+                batches, self.queue = self.queue, []
+                self.busy = True
+            error: DbError | None = None
+            try:
+                self.store.write_batches([b.changes for b in batches])
+            except DbError as exc:
+                error = exc
+            except Exception as exc:  # never let the thread die silently
+                error = DbError(f"writing failed: {exc!r}")
+            with self.cv:
+                self.busy = False
+                self.cv.notify_all()
+            try:
+                self.loop.call_soon_threadsafe(self.done, batches, error)
+            except RuntimeError:  # the loop is closed: nothing left to release
+                pass
+
+    def drain(self) -> None:
+        """Block until everything submitted is committed (the loop callbacks may be pending)."""
+        with self.cv:
+            while self.queue or self.busy:
+                self.cv.wait()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify_all()
+        self.join()
 
 
 class Persistence:
@@ -68,10 +143,17 @@ class Persistence:
         #: db_ids that have a row in the store (so a dialog ending knows to delete it).
         self.persisted: set[int] = set()
         self.pending_ended: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ENDED)
+        #: Transactions committed and rows written by them (rows/writes: the group size).
         self.writes = 0
+        self.rows = 0
         self.failures = 0
         self._last_error = 0.0
         self._task: asyncio.Task[None] | None = None
+        #: Realtime: the writer thread, the batches it has not finished, and how held
+        #: messages are sent once their batch is committed (set by :meth:`start`).
+        self.writer: _Writer | None = None
+        self.in_flight: deque[_Batch] = deque()
+        self.release: Callable[[list[Any]], None] | None = None
         self._ended_hook: Callable[[Dialog], None] | None = None
 
     # -- ended-call records -------------------------------------------------------------------
@@ -109,16 +191,15 @@ class Persistence:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write_dirty(self) -> bool:
-        """One transaction with every dirty dialog and pending record; False if it failed
-        (the dialogs stay dirty and are retried with the next write)."""
+    def _changes(self) -> _Batch | None:
+        """The dirty dialogs and pending records as one change set (None if nothing to do);
+        ``persisted`` is updated now, and put back by :meth:`_undo` if the write fails."""
         eng = self.engine
         dirty = eng.dirty
         if not dirty and not self.pending_ended:
-            return True
+            return None
         upserts = []
         deletes = []
-        gone = []
         persisted = self.persisted
         wall_offset = eng.wall_offset
         now = eng.wall()
@@ -126,27 +207,95 @@ class Persistence:
             state = dlg.state
             if state in STORED_STATES:
                 upserts.append(dialog_row(dlg, wall_offset, now))
+                persisted.add(dlg.db_id)
             elif state is DlgState.DELETED and dlg.db_id in persisted:
                 deletes.append(dlg.db_id)
-                gone.append(dlg.db_id)
+                persisted.discard(dlg.db_id)
         ended = list(self.pending_ended)
-        if upserts or deletes or ended:
-            try:
-                self.store.write(upserts, deletes, ended)
-            except DbError as exc:
-                self._failed(exc)
-                return False
-            self.writes += 1
-            for row in upserts:
-                persisted.add(row[0])
-            persisted.difference_update(gone)
+        batch = _Batch((upserts, deletes, ended), list(dirty), [])
         dirty.clear()
         self.pending_ended.clear()
+        if not (upserts or deletes or ended):
+            return None
+        return batch
+
+    def _undo(self, batch: _Batch) -> None:
+        """A failed write: its dialogs are dirty again, its records pending again."""
+        upserts, deletes, ended = batch.changes
+        self.persisted.update(deletes)
+        self.engine.dirty.update(batch.dialogs)
+        self.pending_ended.extendleft(reversed(ended))
+
+    def write_dirty(self) -> bool:
+        """One transaction with every dirty dialog and pending record, on this thread; False if
+        it failed (the dialogs stay dirty and are retried with the next write)."""
+        if self.writer is not None:
+            self.writer.drain()
+        batch = self._changes()
+        if batch is None:
+            return True
+        try:
+            self.store.write(*batch.changes)
+        except DbError as exc:
+            self._undo(batch)
+            self._failed(exc)
+            return False
+        self._count([batch])
         return True
+
+    def _count(self, batches: list[_Batch]) -> None:
+        self.writes += 1
+        for b in batches:
+            upserts, deletes, ended = b.changes
+            self.rows += len(upserts) + len(deletes) + len(ended)
+
+    # -- realtime: the writer thread ----------------------------------------------------------
+
+    def submit(self, held: list[Any]) -> bool:
+        """Realtime: hand the dirty dialogs to the writer thread together with ``held``, the
+        messages that must not leave before they are committed.  False if nothing was dirty
+        (the caller sends ``held`` itself)."""
+        assert self.writer is not None
+        batch = self._changes()
+        if batch is None:
+            return False
+        batch.held = held
+        self.in_flight.append(batch)
+        self.writer.submit(batch)
+        return True
+
+    def hold(self, items: list[Any]) -> bool:
+        """Queue messages behind the last commit in flight (keeps the order on the wire)."""
+        if not self.in_flight:
+            return False
+        self.in_flight[-1].held.extend(items)
+        return True
+
+    def _committed(self, batches: list[_Batch], error: DbError | None) -> None:
+        """On the loop, after the writer's transaction: release the held messages in order."""
+        if error is not None:
+            for b in batches:
+                self._undo(b)
+            self._failed(error)  # the messages still go: calls must not stall on a bad disk
+        else:
+            self._count(batches)
+        release = self.release
+        for b in batches:
+            if self.in_flight and self.in_flight[0] is b:
+                self.in_flight.popleft()
+            if release is not None and b.held:
+                release(b.held)
+
+    async def settle(self) -> None:
+        """Wait until every commit in flight is done and its messages released."""
+        while self.in_flight:
+            await asyncio.sleep(0.001)
 
     def sync_all(self) -> None:
         """Replace the stored dialogs by the ones in memory (MI ``dlg_db_sync``, shutdown
         mode at stop).  Raises DbError."""
+        if self.writer is not None:
+            self.writer.drain()
         eng = self.engine
         wall_offset = eng.wall_offset
         now = eng.wall()
@@ -177,6 +326,8 @@ class Persistence:
         """
         eng = self.engine
         started = time.perf_counter()
+        if self.writer is not None:
+            self.writer.drain()
         rows = self.store.load()
         before = set(eng.dirty)
         restored, expired = restore_dialogs(eng, rows, skip_known=skip_known)
@@ -213,8 +364,18 @@ class Persistence:
 
     # -- background work ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(
+        self,
+        release: Callable[[list[Any]], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Background work; in realtime mode with ``release`` (the server's sender), commits
+        run on a writer thread and held messages are released through ``release``."""
         self.prune()
+        if self.realtime and release is not None:
+            self.release = release
+            self.writer = _Writer(self.store, loop or asyncio.get_running_loop(), self._committed)
+            self.writer.start()
         self._task = asyncio.get_running_loop().create_task(self._background())
 
     async def _background(self) -> None:
@@ -224,8 +385,6 @@ class Persistence:
             await asyncio.sleep(period)
             if self.mode == "delayed":
                 self.write_dirty()
-            elif self.mode == "realtime" and self.pending_ended:
-                self.write_dirty()  # records of calls that never reached a stored state
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
@@ -246,12 +405,21 @@ class Persistence:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self.writer is not None:
+            self.writer.stop()
+            self.writer = None
         try:
             if self.mode == "shutdown":
                 self.sync_all()
             else:
                 self.write_dirty()
-            log.info("dialogs saved to %s (%d stored)", self.store.where, len(self.persisted))
+            log.info(
+                "dialogs saved to %s (%d stored; %d transactions, %d rows since start)",
+                self.store.where,
+                len(self.persisted),
+                self.writes,
+                self.rows,
+            )
         except DbError as exc:
             log.error("final write failed: %s", exc)
         finally:

@@ -92,7 +92,7 @@ class SipService:
         await self.lifecycle.start()
         if self.db is not None:
             self.db.expire(expired)  # lifetime over while down: "Lifetime Timeout", BYEs
-            self.db.start()
+            self.db.start(self._release, self.loop)
             self.flush()
 
     async def stop(self) -> None:
@@ -132,6 +132,11 @@ class SipService:
         self.flush()
         return len(restored)
 
+    def _release(self, items: list[Send]) -> None:
+        """Messages whose dialog changes are committed (realtime persistence)."""
+        for item in items:
+            self._send(item)
+
     def _flush_soon(self) -> None:
         self._flush_handle = None
         self.flush()
@@ -144,9 +149,18 @@ class SipService:
 
     def flush(self) -> None:
         engine = self.engine
-        if engine.dirty and self.db is not None and self.db.realtime:
-            self.db.write_dirty()  # durable before the messages that caused it go out
         outbox = engine.outbox
+        db = self.db
+        if db is not None and db.realtime:
+            # Durable before the messages that caused it go out: the writer thread commits,
+            # then releases them (and everything queued behind them, to keep the order).
+            if engine.dirty or db.pending_ended:
+                if db.writer is None:
+                    db.write_dirty()
+                elif db.submit(outbox[:]):
+                    outbox.clear()
+            if outbox and db.hold(outbox[:]):
+                outbox.clear()
         if outbox:
             for item in outbox:
                 self._send(item)
@@ -299,6 +313,8 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, exit_now)
     service.flush()
+    if service.db is not None:
+        await service.db.settle()  # the last commits, and the messages waiting for them
     if mi_runner is not None:
         await mi_runner.cleanup()
     await service.stop()

@@ -68,9 +68,8 @@ MIGRATIONS: dict[int, list[str]] = {
             created REAL NOT NULL,
             updated REAL NOT NULL
         )""",
-        "CREATE INDEX dialogs_callid ON dialogs (callid)",
         """CREATE TABLE ended_dialogs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq INTEGER PRIMARY KEY,
             db_id INTEGER NOT NULL,
             id TEXT NOT NULL,
             callid TEXT NOT NULL,
@@ -83,7 +82,6 @@ MIGRATIONS: dict[int, list[str]] = {
             record TEXT NOT NULL
         )""",
         "CREATE INDEX ended_dialogs_ended ON ended_dialogs (ended)",
-        "CREATE INDEX ended_dialogs_callid ON ended_dialogs (callid)",
     ],
 }
 
@@ -116,9 +114,11 @@ DIALOG_COLUMNS = (
     "created",
     "updated",
 )
+#: An upsert (not INSERT OR REPLACE, which deletes and re-inserts the row).
 _INSERT_DIALOG = (
-    f"INSERT OR REPLACE INTO dialogs ({', '.join(DIALOG_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(DIALOG_COLUMNS))})"
+    f"INSERT INTO dialogs ({', '.join(DIALOG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(DIALOG_COLUMNS))}) ON CONFLICT (db_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in DIALOG_COLUMNS[1:])
 )
 _INSERT_ENDED = (
     "INSERT INTO ended_dialogs (db_id, id, callid, state, end_reason, created, confirmed, "
@@ -127,6 +127,10 @@ _INSERT_ENDED = (
 
 #: States worth storing: an answered call (OpenSIPS inserts the row at confirmation).
 STORED_STATES = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
+
+
+#: (rows to upsert, db_ids to delete, ended-call records): what one flush changes.
+ChangeSet = tuple[Sequence[tuple[Any, ...]], Sequence[int], Sequence[dict[str, Any]]]
 
 
 class DbError(Exception):
@@ -376,6 +380,11 @@ class DialogStore(abc.ABC):
         ``ended`` records.  ``replace_all`` first empties the dialogs table (``dlg_db_sync``).
         Raises DbError; nothing is written then."""
 
+    def write_batches(self, batches: Sequence[ChangeSet]) -> None:
+        """Several change sets, applied in order, in one transaction (group commit)."""
+        for upserts, deletes, ended in batches:
+            self.write(upserts, deletes, ended)
+
     @abc.abstractmethod
     def load(self) -> list[tuple[Any, ...]]:
         """Every stored dialog row (columns as ``DIALOG_COLUMNS``), in db_id order."""
@@ -580,6 +589,12 @@ class SqliteStore(DialogStore):
         *,
         replace_all: bool = False,
     ) -> None:
+        self._transaction([(upserts, deletes, ended)], replace_all)
+
+    def write_batches(self, batches: Sequence[ChangeSet]) -> None:
+        self._transaction(batches, False)
+
+    def _transaction(self, batches: Sequence[ChangeSet], replace_all: bool) -> None:
         db = self.db
         if db is None:
             raise DbError("database is closed")
@@ -588,12 +603,15 @@ class SqliteStore(DialogStore):
             try:
                 if replace_all:
                     db.execute("DELETE FROM dialogs")
-                elif deletes:
-                    db.executemany("DELETE FROM dialogs WHERE db_id = ?", [(d,) for d in deletes])
-                if upserts:
-                    db.executemany(_INSERT_DIALOG, upserts)
-                if ended:
-                    db.executemany(_INSERT_ENDED, [_ended_row(r) for r in ended])
+                for upserts, deletes, ended in batches:
+                    if deletes:
+                        db.executemany(
+                            "DELETE FROM dialogs WHERE db_id = ?", [(d,) for d in deletes]
+                        )
+                    if upserts:
+                        db.executemany(_INSERT_DIALOG, upserts)
+                    if ended:
+                        db.executemany(_INSERT_ENDED, [_ended_row(r) for r in ended])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
