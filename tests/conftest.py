@@ -63,8 +63,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             pytest.fail(f"failed inside network namespace:\n{res.output}", pytrace=False)
 
     call = CallInfo.from_call(run, when="call")
-    report = TestReport.from_item_and_call(item, call)
-    ihook.pytest_runtest_logreport(report=report)
+    ihook.pytest_runtest_logreport(report=TestReport.from_item_and_call(item, call))
+    # The item itself was never set up here, but fixtures of earlier items kept
+    # for it (module/class scope) must be finalized as pytest's own protocol
+    # would (SetupState asserts on this); not via the teardown hooks, which
+    # expect a set-up item.
+    teardown = CallInfo.from_call(
+        lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown"
+    )
+    if teardown.excinfo is not None:
+        ihook.pytest_runtest_logreport(report=TestReport.from_item_and_call(item, teardown))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
 
