@@ -123,11 +123,6 @@ class SipdlgProcess:
         ]
         if self.mi_listen is not None:
             cmd += ["--mi-listen", self.mi_listen]
-        given = set(self.opts) | {a.lstrip("-").replace("-", "_") for a in self.extra_args}
-        if not given & {"db", "data_dir"} and not {"SIPDLG_DB", "SIPDLG_DATA_DIR"} & set(self.env):
-            # The default database (sipdlg.db in the data dir) is locked per server: give
-            # each process its own directory under the test's workdir.
-            cmd += ["--data-dir", str(self.workdir / f"{self.name}-{self.port}.data")]
         opts = dict(self.opts)
         if (
             "data_dir" not in opts
