@@ -37,9 +37,12 @@ class SipdlgProcess:
       ``True`` → bare flag; a list → repeated option; ``None``/``False`` skipped.
     * ``extra_args``: appended verbatim. ``env``: added to the environment
       (e.g. ``SIPDLG_*`` settings).
-    * ``--data-dir`` defaults to ``workdir`` (so the default SQLite dialog
-      store lands in the test's tmp_path, not the repo) unless ``data_dir`` is
-      given, ``--data-dir`` is in ``extra_args`` or ``SIPDLG_DATA_DIR`` is set.
+    * ``--data-dir`` defaults to ``<workdir>/<name>-<port>.data``: the default
+      SQLite dialog store is locked per server, so each process gets its own,
+      inside the test's tmp_path (never the repo). Not added when ``db`` or
+      ``data_dir`` is given (as opts, in ``extra_args`` or as ``SIPDLG_DB`` /
+      ``SIPDLG_DATA_DIR`` in ``env``). Pass ``db=...`` to share a store between
+      a server and its restart.
 
     Readiness: the TCP SIP port and (if any) the MI port accept connections,
     within ``ready_timeout`` seconds. stdout+stderr go to ``log_file``.
@@ -86,6 +89,14 @@ class SipdlgProcess:
         self.env = dict(env or {})
         self.name = name
         self.log_file = self.workdir / f"{name}-{self.port}.log"
+        given = set(opts) | {
+            a.split("=", 1)[0].lstrip("-").replace("-", "_")
+            for a in self.extra_args
+            if a.startswith("--")
+        }
+        self.data_dir: Path | None = None
+        if not given & {"db", "data_dir"} and not {"SIPDLG_DB", "SIPDLG_DATA_DIR"} & set(self.env):
+            self.data_dir = self.workdir / f"{name}-{self.port}.data"
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -124,12 +135,8 @@ class SipdlgProcess:
         if self.mi_listen is not None:
             cmd += ["--mi-listen", self.mi_listen]
         opts = dict(self.opts)
-        if (
-            "data_dir" not in opts
-            and "--data-dir" not in self.extra_args
-            and "SIPDLG_DATA_DIR" not in self.env
-        ):
-            opts["data_dir"] = str(self.workdir)
+        if self.data_dir is not None:
+            opts["data_dir"] = str(self.data_dir)
         for key, value in opts.items():
             if value is None or value is False:
                 continue
@@ -148,6 +155,8 @@ class SipdlgProcess:
         if self.proc is not None:
             raise RuntimeError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         # Make `python -m app.cli` importable even without an editable install.
