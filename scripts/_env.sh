@@ -50,9 +50,16 @@ ensure_venv() {
     local extras="${SIPDLG_EXTRAS:-}"
     local spec="."
     [ -n "$extras" ] && spec=".[$extras]"
-    local stamp="$VENV/.sipdlg-install-stamp"
-    local want
-    want="$(sha256sum <"$SIPDLG_ROOT/pyproject.toml" | cut -d' ' -f1) $spec"
+    # One stamp per extras set, holding the hash of the pyproject.toml installed.
+    local want stamp
+    want="$(sha256sum <"$SIPDLG_ROOT/pyproject.toml" | cut -d' ' -f1)"
+    stamp="$VENV/.sipdlg-installed-${extras:-base}"
+    if [ -z "$extras" ]; then
+        # Any extras install also satisfies the plain one.
+        for f in "$VENV"/.sipdlg-installed-*; do
+            [ -f "$f" ] && [ "$(cat "$f")" = "$want" ] && return 0
+        done
+    fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         log "pip install -e '$spec'"
         (cd "$SIPDLG_ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec")
