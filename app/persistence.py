@@ -18,6 +18,7 @@ Ended-call records go to the same database with the next write (realtime, delaye
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -328,9 +329,16 @@ class Persistence:
         started = time.perf_counter()
         if self.writer is not None:
             self.writer.drain()
-        rows = self.store.load()
-        before = set(eng.dirty)
-        restored, expired = restore_dialogs(eng, rows, skip_known=skip_known)
+        # Hundreds of thousands of new objects: the cyclic GC would rescan them many times.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            rows = self.store.load()
+            before = set(eng.dirty)
+            restored, expired = restore_dialogs(eng, rows, skip_known=skip_known)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         # Re-arming the lifetimes marked them dirty: they are stored already.
         eng.dirty.clear()
         eng.dirty.update(before)

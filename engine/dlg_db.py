@@ -206,6 +206,16 @@ class SocketMap:
         self.sockets = list(sockets)
         self.exact = {str(s): s for s in sockets}
         self.missing: set[str] = set()
+        self._sources: dict[str, tuple[str, str, int]] = {}
+
+    def source(self, text: str | None) -> tuple[str, str, int] | None:
+        """A stored ``caller_source`` (``proto:ip:port``) as a tuple; parsed once per text."""
+        if not text:
+            return None
+        hit = self._sources.get(text)
+        if hit is None:
+            hit = self._sources[text] = split_socket(text)
+        return hit
 
     def get(self, text: str | None) -> Socket | None:
         if not text:
@@ -221,55 +231,82 @@ class SocketMap:
         return self.sockets[0]
 
 
+_loads = json.JSONDecoder().decode
+
+
 def dialog_from_row(row: Sequence[Any], sockets: SocketMap) -> Dialog:
     """Rebuild a dialog from a ``dialogs`` row (``created`` stays a Unix time here)."""
-    r = dict(zip(DIALOG_COLUMNS, row, strict=True))
-    src = r["caller_source"]
-    source = None
-    if src:
-        proto, host, port = split_socket(src)
-        source = (proto, host, port)
-    caller_socket = sockets.get(r["caller_socket"])
-    assert caller_socket is not None
-    dlg = Dialog(
-        h_entry=r["h_entry"],
-        h_id=r["h_id"],
-        callid=r["callid"],
-        from_uri=r["from_uri"],
-        to_uri=r["to_uri"],
-        caller_tag=r["caller_tag"],
-        caller_contact=r["caller_contact"],
-        caller_socket=caller_socket,
-        invite_cseq=r["invite_cseq"],
-        caller_route_set=json.loads(r["caller_route_set"]),
-        callee_cseq=r["callee_cseq"],
-        caller_sdp=r["caller_sdp"],
-        caller_sent_sdp=r["caller_sent_sdp"],
-        caller_source=source,
-        callees=[
-            CalleeLeg(
-                tag=leg["tag"],
-                contact=leg["contact"],
-                caller_cseq=leg["caller_cseq"],
-                route_set=leg["route_set"],
-                socket=sockets.get(leg["socket"]),
-                sdp=leg["sdp"],
-                sent_sdp=leg["sent_sdp"],
-            )
-            for leg in json.loads(r["callees"])
-        ],
-        confirmed_leg=r["confirmed_leg"],
-        state=DlgState(r["state"]),
-        user_flags=r["user_flags"],
-        timestart=r["timestart"],
-        timeout=r["timeout"],
-        lifetime=r["lifetime"],
-        end_reason=r["end_reason"],
-        local_cseq_caller=r["local_cseq_caller"],
-        local_cseq_callee=r["local_cseq_callee"],
-        created=r["created"],
+    (
+        _db_id,
+        h_entry,
+        h_id,
+        callid,
+        from_uri,
+        to_uri,
+        caller_tag,
+        caller_contact,
+        caller_socket,
+        caller_route_set,
+        caller_source,
+        invite_cseq,
+        callee_cseq,
+        caller_sdp,
+        caller_sent_sdp,
+        callees,
+        confirmed_leg,
+        state,
+        user_flags,
+        timestart,
+        timeout,
+        lifetime,
+        end_reason,
+        local_cseq_caller,
+        local_cseq_callee,
+        created,
+        _updated,
+    ) = row
+    get = sockets.get
+    legs = [
+        CalleeLeg(
+            tag=leg["tag"],
+            contact=leg["contact"],
+            caller_cseq=leg["caller_cseq"],
+            route_set=leg["route_set"],
+            socket=get(leg["socket"]),
+            sdp=leg["sdp"],
+            sent_sdp=leg["sent_sdp"],
+        )
+        for leg in _loads(callees)
+    ]
+    socket = get(caller_socket)
+    assert socket is not None
+    return Dialog(
+        h_entry=h_entry,
+        h_id=h_id,
+        callid=callid,
+        from_uri=from_uri,
+        to_uri=to_uri,
+        caller_tag=caller_tag,
+        caller_contact=caller_contact,
+        caller_socket=socket,
+        invite_cseq=invite_cseq,
+        caller_route_set=_loads(caller_route_set),
+        callee_cseq=callee_cseq,
+        caller_sdp=caller_sdp,
+        caller_sent_sdp=caller_sent_sdp,
+        caller_source=sockets.source(caller_source),
+        callees=legs,
+        confirmed_leg=confirmed_leg,
+        state=DlgState(state),
+        user_flags=user_flags,
+        timestart=timestart,
+        timeout=timeout,
+        lifetime=lifetime,
+        end_reason=end_reason,
+        local_cseq_caller=local_cseq_caller,
+        local_cseq_callee=local_cseq_callee,
+        created=created,
     )
-    return dlg
 
 
 def ended_record(dlg: Dialog, wall_offset: float) -> dict[str, Any]:
