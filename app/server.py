@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket as socketlib
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from .persistence import Persistence, open_persistence
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
+
+UDP_BUFFER = 4 << 20
 
 
 class SipService:
@@ -82,6 +85,7 @@ class SipService:
                     lambda s=sock: UdpEndpoint(self, s), local_addr=(sock.host, sock.port)
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
+                _grow_buffers(transport.get_extra_info("socket"))
             else:
                 server = await self.loop.create_server(
                     lambda s=sock: self._accept(s), sock.host, sock.port, reuse_address=True
@@ -265,6 +269,17 @@ class SipService:
             for conn in list(self._conns.values()):
                 if conn.last_active < cutoff:
                     conn.close()
+
+
+def _grow_buffers(sock: Any) -> None:
+    """Bigger UDP buffers absorb bursts instead of dropping them (each drop costs a T1 wait)."""
+    if sock is None:
+        return
+    for option in (socketlib.SO_RCVBUF, socketlib.SO_SNDBUF):
+        try:
+            sock.setsockopt(socketlib.SOL_SOCKET, option, UDP_BUFFER)
+        except OSError:
+            pass
 
 
 async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
