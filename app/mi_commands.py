@@ -41,7 +41,9 @@ class Engine(Protocol):
 class MIService(Protocol):
     """What the MI needs from the running server (``app/server.py``)."""
 
-    engine: Engine
+    @property
+    def engine(self) -> Engine: ...
+
     started_at: float
     version: str
 
@@ -278,7 +280,6 @@ async def dlg_list_ended(service: MIService, params: BaseModel) -> Any:
     return {"count": len(ring), "Dialogs": ring.page(index, _get(params, "counter"))}
 
 
-# --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -45,9 +46,7 @@ class SipService:
             ping_timeout=settings.ping_timeout,
         )
         self.sockets = settings.sockets()
-        self.engine = Engine(
-            self.sockets, config, wall_offset=time.time() - self.loop.time()
-        )
+        self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
         # Ended-call records, events (SSE, webhooks), metrics: app/lifecycle.py.
         self.lifecycle = Lifecycle(
             self,
@@ -82,13 +81,13 @@ class SipService:
         for sock in self.sockets:
             if sock.proto == "udp":
                 transport, _ = await self.loop.create_datagram_endpoint(
-                    lambda s=sock: UdpEndpoint(self, s), local_addr=(sock.host, sock.port)
+                    functools.partial(UdpEndpoint, self, sock), local_addr=(sock.host, sock.port)
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
                 _grow_buffers(transport.get_extra_info("socket"))
             else:
                 server = await self.loop.create_server(
-                    lambda s=sock: self._accept(s), sock.host, sock.port, reuse_address=True
+                    functools.partial(self._accept, sock), sock.host, sock.port, reuse_address=True
                 )
                 self._tcp_servers.append(server)
             log.info("listening on %s", sock)
@@ -145,7 +144,9 @@ class SipService:
         self._flush_handle = None
         self.flush()
 
-    def end_dialog(self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = "") -> bool:
+    def end_dialog(
+        self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = ""
+    ) -> bool:
         self.engine.now = self.loop.time()
         ok = self.engine.end_dialog(dlg, reason, extra_headers)
         self.flush()
@@ -223,7 +224,7 @@ class SipService:
             return
         if infos:
             address = infos[0][4][0]
-            self._send(item._replace(host=address))
+            self._send(item._replace(host=str(address)))
 
     # -- TCP ----------------------------------------------------------------------------------
 

@@ -303,9 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["engine", "sipp", "restore", "all"])
     parser.add_argument("--calls", type=int, default=20000, help="engine: calls per run")
-    parser.add_argument(
-        "--rates", default="200,400,600,800,1000,1200", help="sipp: calls/s steps"
-    )
+    parser.add_argument("--rates", default="200,400,600,800,1000,1200", help="sipp: calls/s steps")
     parser.add_argument("--seconds", type=float, default=10, help="sipp: length of a step")
     parser.add_argument("--dialogs", type=int, default=100_000, help="restore: how many")
     args = parser.parse_args()

@@ -34,7 +34,7 @@ def split_values(value: str) -> list[str]:
         if "<" not in value:
             return [v.strip() for v in value.split(",")]
         # Keep empty elements visible (``a,,b``) so that callers can reject them.
-        out = []
+        out: list[str] = []
         pos = 0
         for m in _ANGLED_LIST.finditer(value):
             out.extend("" for _ in range(value.count(",", pos, m.start()) - (1 if pos else 0)))

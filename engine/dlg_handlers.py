@@ -96,12 +96,12 @@ def on_reply(eng: Engine, ctx: ClientTransaction, msg: SipMessage) -> None:
     contact = msg.contact
     sdp = sdp_of(msg)
     if ctx.direction == 1:
-        leg = dlg.callee
-        if leg is not None:
+        callee = dlg.callee
+        if callee is not None:
             if contact is not None:
-                leg.contact = contact.uri
+                callee.contact = contact.uri
             if sdp is not None:
-                leg.sdp = sdp
+                callee.sdp = sdp
     else:
         if contact is not None:
             dlg.caller_contact = contact.uri

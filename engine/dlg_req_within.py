@@ -84,7 +84,10 @@ def send_bye(eng: Engine, dlg: Dialog, *, to_caller: bool, extra: str) -> None:
     if proto != "tcp":
         conn = None
     branch = eng.new_branch()
-    lines = [f"BYE {ruri} SIP/2.0", f"Via: SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}"]
+    lines = [
+        f"BYE {ruri} SIP/2.0",
+        f"Via: SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}",
+    ]
     lines.extend(f"Route: {r}" for r in routes)
     lines += [
         f"To: {to}",
@@ -166,4 +169,8 @@ def _cancel_guard(eng: Engine, ctx: ClientTransaction) -> None:
         dlg_handlers.on_failure(eng, ctx.dialog)
     stx = ctx.server
     if stx is not None and stx.state in (TxState.TRYING, TxState.PROCEEDING):
-        eng.reply(stx, 487 if stx.cancelled else 408, "Request Terminated" if stx.cancelled else "Request Timeout")
+        eng.reply(
+            stx,
+            487 if stx.cancelled else 408,
+            "Request Terminated" if stx.cancelled else "Request Timeout",
+        )

@@ -480,9 +480,7 @@ class Engine:
         invite_key = (*key[:-1], "INVITE")
         inv = self.server_txns.get(invite_key)
         if inv is None:
-            self._reply_stateless(
-                msg, 481, "Call/Transaction Does Not Exist", socket, src, conn
-            )
+            self._reply_stateless(msg, 481, "Call/Transaction Does Not Exist", socket, src, conn)
             return
         stx = ServerTransaction(self, key, msg, socket, src, conn)
         self.server_txns[key] = stx

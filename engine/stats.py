@@ -53,8 +53,28 @@ class Stats:
     )
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.active_dialogs: int = 0
+        self.early_dialogs: int = 0
+        self.processed_dialogs: int = 0
+        self.expired_dialogs: int = 0
+        self.failed_dialogs: int = 0
+        self.create_sent: int = 0
+        self.update_sent: int = 0
+        self.delete_sent: int = 0
+        self.create_recv: int = 0
+        self.update_recv: int = 0
+        self.delete_recv: int = 0
+        self.rcv_requests: int = 0
+        self.rcv_replies: int = 0
+        self.fwd_requests: int = 0
+        self.fwd_replies: int = 0
+        self.drop_requests: int = 0
+        self.drop_replies: int = 0
+        self.err_requests: int = 0
+        self.err_replies: int = 0
+        self.parse_errors: int = 0
+        self.retransmissions: int = 0
+        self.tcp_connections: int = 0
         self.requests_by_method: Counter[str] = Counter()
         self.replies_by_class: Counter[str] = Counter()
         #: Outgoing messages (retransmissions included), keyed by raw bytes to stay cheap:

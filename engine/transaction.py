@@ -109,9 +109,7 @@ class ServerTransaction:
         self.cancelled = False
         #: The header lines a locally generated response copies (RFC 3261 §8.2.6.2), taken
         #: before the request is modified for forwarding.
-        self.reply_headers = [
-            (h[0], h[1]) for h in request.headers if h[0] in _REPLY_HEADERS
-        ]
+        self.reply_headers = [(h[0], h[1]) for h in request.headers if h[0] in _REPLY_HEADERS]
 
     def _transmit(self, data: bytes) -> None:
         self.tu.send(self.socket, self.src_host, self.src_port, self.conn, data)
