@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
 
 
 class DlgState(enum.IntEnum):
@@ -51,14 +52,14 @@ TRANSITIONS: dict[tuple[DlgState, DlgEvent], DlgState] = {
 class EndReason:
     """``$DLG_end_reason`` texts (reference §5.2)."""
 
-    UPSTREAM_BYE = "Upstream BYE"
-    DOWNSTREAM_BYE = "Downstream BYE"
-    LIFETIME_TIMEOUT = "Lifetime Timeout"
-    MI_TERMINATION = "MI Termination"
-    CALLER_PING_TIMEOUT = "Caller Ping Timeout"
-    CALLEE_PING_TIMEOUT = "Callee Ping Timeout"
-    CANCELLED = "Cancelled"
-    FAILED = "Failed"
+    UPSTREAM_BYE: Final = "Upstream BYE"
+    DOWNSTREAM_BYE: Final = "Downstream BYE"
+    LIFETIME_TIMEOUT: Final = "Lifetime Timeout"
+    MI_TERMINATION: Final = "MI Termination"
+    CALLER_PING_TIMEOUT: Final = "Caller Ping Timeout"
+    CALLEE_PING_TIMEOUT: Final = "Callee Ping Timeout"
+    CANCELLED: Final = "Cancelled"
+    FAILED: Final = "Failed"
 
 
 def reverse_hex(value: int) -> str:
