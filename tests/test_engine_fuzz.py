@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+from helpers.shared import RFC4475_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_kit import CALLEE, CALLER, TCP, Call, Rig, one
@@ -12,7 +13,7 @@ from test_engine_kit import CALLEE, CALLER, TCP, Call, Rig, one
 from engine.framing import StreamFramer
 from engine.message import SipError
 
-RFC4475 = Path("/work/shared/testdata/rfc4475")
+RFC4475 = RFC4475_DIR
 
 
 def _seeds() -> list[bytes]:

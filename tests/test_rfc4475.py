@@ -16,13 +16,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from helpers import LOOPBACK, SipdlgProcess, free_port
+from helpers.shared import RFC4475_DIR
 from helpers.sipmsg import SipMessage
 
-DATA = Path("/work/shared/testdata/rfc4475")
+DATA = RFC4475_DIR
 RELAYED = "Relayed By Test"
 
 # Outcomes: ("forward",) the request reaches the next hop; ("answer", {codes}) the sender gets
