@@ -1,0 +1,239 @@
+"""Shared bits of the SIPp-driven benchmarks (bench/cps.py, bench/memory.py, bench/mi.py).
+
+They reuse the test harness (``tests/helpers``: free loopback ports, ``SipdlgProcess``,
+``Sipp``); everything stays on 127.0.0.1 and every SIPp gets a ``-timeout``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        sipp = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=5)
+        m = re.search(r"SIPp v[\w.\-]+", sipp.stdout + sipp.stderr)
+        sipp_v = m.group(0) if m else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        sipp_v = "?"
+    return {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        "sipp": sipp_v,
+        "kernel": platform.release(),
+    }
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def busy_cpus(interval: float = 2.0) -> float:
+    """How many CPUs were busy over ``interval`` s (from /proc/stat): others' load right now,
+    when called before a run (the 1-minute load average lags by a minute)."""
+
+    def sample() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = f[3] + f[4]
+        return sum(f[:8]), idle
+
+    t0, i0 = sample()
+    time.sleep(interval)
+    t1, i1 = sample()
+    total = max(1, t1 - t0)
+    return (1 - (i1 - i0) / total) * (os.cpu_count() or 1)
+
+
+def print_header(what: str) -> None:
+    m = machine()
+    print(
+        f"# {what}\n# {m['date']}  nproc {m['nproc']}  {m['cpu']}  Python {m['python']}  "
+        f"{m['sipp']}  kernel {m['kernel']}\n# load average {loadavg()}, "
+        f"busy CPUs now {busy_cpus():.2f}",
+        flush=True,
+    )
+
+
+def wait_quiet(max_busy: float, max_wait: float) -> float:
+    """Wait (up to ``max_wait`` s) until fewer than ``max_busy`` CPUs are busy; returns the
+    last reading (reported with the step, so a noisy step can be recognized)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = busy_cpus(1.0)
+        if busy < max_busy or time.monotonic() >= deadline:
+            return busy
+
+
+# ----------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime+stime of a process, or of one of its threads (``tid == pid``: the event loop)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size (VmRSS) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# ----------------------------------------------------------------------------- MI client
+
+
+class Mi:
+    """A keep-alive JSON-RPC client for ``POST /mi`` (one HTTP connection)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 120.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.id = 0
+
+    def raw(self, method: str, params: Any = None) -> bytes:
+        self.id += 1
+        req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": self.id}
+        if params is not None:
+            req["params"] = params
+        body = json.dumps(req).encode()
+        for attempt in (0, 1):
+            try:
+                self.conn.request(
+                    "POST", "/mi", body, {"Content-Type": "application/json"}
+                )
+                resp = self.conn.getresponse()
+                return resp.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, params: Any = None) -> Any:
+        reply = json.loads(self.raw(method, params))
+        if "error" in reply:
+            raise RuntimeError(f"MI {method}: {reply['error']}")
+        return reply["result"]
+
+    def stat(self, name: str) -> int:
+        res = self.call("get_statistics", {"statistics": [name]})
+        return int(next(iter(res.values())))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_stat(mi: Mi, name: str, target: int, timeout: float, every: float = 0.5) -> int:
+    """Poll ``get_statistics`` until ``name`` reaches ``target`` (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    value = -1
+    while time.monotonic() < deadline:
+        value = mi.stat(name)
+        if value >= target:
+            return value
+        time.sleep(every)
+    return value
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def pct(values: list[float], q: float) -> float:
+    """Percentile ``q`` (0-100), nearest rank; nan when empty."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ----------------------------------------------------------------------------- py-spy
+
+
+def pyspy_summary(raw_file: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function from ``py-spy record -f raw`` output
+    (collapsed stacks: ``frame;frame;...;leaf count``), plus a per-file self share."""
+    self_n: dict[str, int] = defaultdict(int)
+    incl_n: dict[str, int] = defaultdict(int)
+    file_n: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in raw_file.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_name(f) for f in stack.split(";")]
+        frames = [f for f in frames if f]
+        if not frames:
+            continue
+        self_n[frames[-1]] += n
+        file_n[frames[-1].split(":", 1)[0].split(" ")[-1]] += n
+        for f in set(frames):
+            incl_n[f] += n
+    if not total:
+        return "(no samples)"
+    out = [f"{total} samples", "", "self %  function (file)"]
+    for name, n in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{n / total * 100:5.1f}  {name}")
+    out += ["", "incl %  function (file)"]
+    for name, n in sorted(incl_n.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{n / total * 100:5.1f}  {name}")
+    out += ["", "self %  file"]
+    for name, n in sorted(file_n.items(), key=lambda kv: -kv[1])[:15]:
+        out.append(f"{n / total * 100:5.1f}  {name}")
+    return "\n".join(out)
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    """``func (path/to/file.py:123)`` → ``func (file.py)``; line numbers dropped."""
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    path = m.group("file")
+    short = "/".join(path.split("/")[-2:]) if "/work/main/" in path else path.split("/")[-1]
+    return f"{m.group('func')} ({short})"
