@@ -25,7 +25,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="[PROTO:]HOST:PORT",
         help="send every initial request here (like $du); default: route by Request-URI",
     )
-    p.add_argument("--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888)")
+    p.add_argument(
+        "--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888), or none"
+    )
     p.add_argument("--mi-token", metavar="TOKEN", help="MI credential (Bearer, or Basic password)")
     p.add_argument(
         "--mi-allow", action="append", metavar="CIDR", help="clients allowed on the MI (repeatable)"
@@ -113,8 +115,9 @@ def serve(args: argparse.Namespace) -> int:
         try:
             from .mi import check_mi_exposure
 
-            host, _ = settings.mi_address()
-            check_mi_exposure(host, settings.mi_token, settings.mi_allow)
+            address = settings.mi_address()
+            if address is not None:
+                check_mi_exposure(address[0], settings.mi_token, settings.mi_allow)
         except ImportError:
             pass
     except (ConfigError, ValueError) as exc:

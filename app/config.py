@@ -57,7 +57,10 @@ class Settings:
     def next_hop_target(self) -> NextHop | None:
         return parse_next_hop(self.next_hop) if self.next_hop else None
 
-    def mi_address(self) -> tuple[str, int]:
+    def mi_address(self) -> tuple[str, int] | None:
+        """The MI's HTTP address; None when ``mi_listen`` is ``none`` (no MI at all)."""
+        if self.mi_listen.strip().lower() == "none":
+            return None
         host, port = split_host_port(self.mi_listen, "--mi-listen")
         return host, port
 

@@ -295,10 +295,13 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
             service.db.store.close()
         raise
     mi_runner: Any = None
-    try:
+    address = settings.mi_address()
+    if address is None:
+        log.info("MI disabled (--mi-listen none)")
+    else:
         from . import mi
 
-        host, port = settings.mi_address()
+        host, port = address
         mi.check_mi_exposure(host, settings.mi_token, settings.mi_allow)
         mi_runner = await mi.start_mi(
             service,
@@ -310,8 +313,6 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
             extend=service.lifecycle.extend_app,
         )
         log.info("MI on http://%s:%s/mi", host, port)
-    except ImportError:
-        log.warning("MI not available in this build")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

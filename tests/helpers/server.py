@@ -31,7 +31,7 @@ class SipdlgProcess:
       for both, unless ``port`` is given).
     * next hop: ``next_hop`` (``[proto:]host:port``) or ``127.0.0.1:<uas_port>``.
     * MI: ``mi=True`` → a free port, passed as ``--mi-listen 127.0.0.1:<mi>``;
-      ``mi="IP:PORT"`` → passed verbatim; ``mi=False`` → no ``--mi-listen``
+      ``mi="IP:PORT"`` → passed verbatim; ``mi=False`` → ``--mi-listen none``
       option and no MI readiness check.
     * ``opts``: further CLI options, ``hash_size=16`` → ``--hash-size 16``;
       ``True`` → bare flag; a list → repeated option; ``None``/``False`` skipped.
@@ -132,8 +132,7 @@ class SipdlgProcess:
             "--next-hop",
             self.next_hop,
         ]
-        if self.mi_listen is not None:
-            cmd += ["--mi-listen", self.mi_listen]
+        cmd += ["--mi-listen", self.mi_listen if self.mi_listen is not None else "none"]
         opts = dict(self.opts)
         if self.data_dir is not None:
             opts["data_dir"] = str(self.data_dir)
