@@ -38,28 +38,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from engine.message import KNOWN_METHODS
+
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-KNOWN_METHODS = frozenset(
-    {
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "PUBLISH",
-        "INFO",
-        "REFER",
-        "MESSAGE",
-        "UPDATE",
-    }
-)
 LAG_INTERVAL = 0.25
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import dlg_req_within
 from .dialog import Dialog, DlgState, EndReason
-from .message import ENCODING, ERRORS, SipMessage, parse
+from .message import SipMessage
 from .transaction import ClientTransaction
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
             return
         eng.timers.call_at(max(eng.now, sent_at + interval), ping, eng, dlg, to_caller)
 
-    ctx = send_options(eng, dlg, to_caller, answered)
+    ctx = dlg_req_within.send_within(eng, dlg, "OPTIONS", to_caller=to_caller, handler=answered)
     if ctx is None:  # nothing to send to on this leg: try again later
         eng.timers.call_at(eng.now + interval, ping, eng, dlg, to_caller)
         return
@@ -82,77 +82,3 @@ def _no_answer(eng: Engine, dlg: Dialog, ctx: ClientTransaction, to_caller: bool
 def _dead(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
     reason = EndReason.CALLER_PING_TIMEOUT if to_caller else EndReason.CALLEE_PING_TIMEOUT
     dlg_req_within.end_dialog(eng, dlg, reason, "")
-
-
-def send_options(
-    eng: Engine,
-    dlg: Dialog,
-    to_caller: bool,
-    handler: object,
-) -> ClientTransaction | None:
-    """Build and send an in-dialog OPTIONS to one side; None when that leg has no target."""
-    from .proxy import uri_target
-
-    leg = dlg.callee
-    if leg is None:
-        return None
-    if to_caller:
-        ruri = dlg.caller_contact
-        routes = dlg.caller_route_set
-        to = f"<{dlg.from_uri}>;tag={dlg.caller_tag}"
-        from_ = f"<{dlg.to_uri}>;tag={leg.tag}"
-        socket = dlg.caller_socket
-        conn = dlg.caller_conn
-        if not ruri and dlg.caller_source is not None:
-            ruri = f"sip:{dlg.caller_source[1]}:{dlg.caller_source[2]}"
-    else:
-        ruri = leg.contact
-        routes = leg.route_set
-        to = f"<{dlg.to_uri}>;tag={leg.tag}"
-        from_ = f"<{dlg.from_uri}>;tag={dlg.caller_tag}"
-        socket = leg.socket or dlg.caller_socket
-        conn = None
-    if not ruri:
-        return None
-    first = routes[0] if routes else ruri
-    if "<" in first:
-        first = first[first.find("<") + 1 : first.rfind(">")]
-    try:
-        proto, host, port = uri_target(first, socket.proto)
-        out = eng.socket_for(proto, socket)
-    except Exception:  # an unroutable stored target
-        return None
-    if proto != "tcp":
-        conn = None
-    # CSeq: above what this party has seen from the other side and from us; BYEs go higher.
-    if to_caller:
-        cseq = max(dlg.callee_cseq, dlg.local_cseq_caller) + 1
-        dlg.local_cseq_caller = cseq
-    else:
-        cseq = max(leg.caller_cseq, dlg.local_cseq_callee) + 1
-        dlg.local_cseq_callee = cseq
-    branch = eng.new_branch()
-    lines = [
-        f"OPTIONS {ruri} SIP/2.0",
-        f"Via: SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}",
-    ]
-    lines.extend(f"Route: {r}" for r in routes)
-    lines += [
-        f"To: {to}",
-        f"From: {from_}",
-        f"CSeq: {cseq} OPTIONS",
-        f"Call-ID: {dlg.callid}",
-        "Max-Forwards: 70",
-        f"User-Agent: {eng.config.user_agent}",
-        "Content-Length: 0",
-        "",
-        "",
-    ]
-    data = "\r\n".join(lines).encode(ENCODING, ERRORS)
-    msg = parse(data, stream=True)
-    ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
-    ctx.dialog = dlg
-    ctx.handler = handler  # type: ignore[assignment]
-    eng.client_txns[(branch, "OPTIONS")] = ctx
-    ctx.start(data)
-    return ctx

@@ -6,11 +6,12 @@ and CANCELs of the pending INVITE branch for dialogs that are not yet answered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import dlg_handlers
 from .dialog import Dialog, DlgState
-from .message import ENCODING, ERRORS, SipMessage, parse
+from .message import ENCODING, ERRORS, SipError, SipMessage, parse
 from .transaction import T1, ClientTransaction, TxState
 
 if TYPE_CHECKING:
@@ -45,6 +46,26 @@ def _header_block(text: str) -> str:
 
 
 def send_bye(eng: Engine, dlg: Dialog, *, to_caller: bool, extra: str) -> None:
+    ctx = send_within(eng, dlg, "BYE", to_caller=to_caller, extra=extra, handler=_bye_answered)
+    if ctx is not None:
+        dlg.pending_byes += 1
+
+
+def send_within(
+    eng: Engine,
+    dlg: Dialog,
+    method: str,
+    *,
+    to_caller: bool,
+    handler: Callable[[ClientTransaction, SipMessage | None], None],
+    extra: str = "",
+) -> ClientTransaction | None:
+    """Send a request inside ``dlg`` to one party, playing the other one (reference §4.3).
+
+    R-URI = that party's contact, Route = its route set, From/To swapped accordingly, CSeq
+    above anything that party has seen (its peer's requests and ours).  None when the leg has
+    no usable target.
+    """
     from .proxy import uri_target
 
     leg = dlg.callee
@@ -54,45 +75,49 @@ def send_bye(eng: Engine, dlg: Dialog, *, to_caller: bool, extra: str) -> None:
         routes = dlg.caller_route_set
         to = f"<{dlg.from_uri}>;tag={dlg.caller_tag}"
         from_ = f"<{dlg.to_uri}>;tag={callee_tag}"
-        cseq = max(dlg.callee_cseq, dlg.local_cseq_caller) + 1
-        dlg.local_cseq_caller = cseq
         socket = dlg.caller_socket
         conn = dlg.caller_conn
         if not ruri and dlg.caller_source is not None:
             ruri = f"sip:{dlg.caller_source[1]}:{dlg.caller_source[2]}"
     else:
         if leg is None:
-            return
+            return None
         ruri = leg.contact
         routes = leg.route_set
         to = f"<{dlg.to_uri}>;tag={callee_tag}"
         from_ = f"<{dlg.from_uri}>;tag={dlg.caller_tag}"
-        cseq = max(leg.caller_cseq, dlg.local_cseq_callee) + 1
-        dlg.local_cseq_callee = cseq
         socket = leg.socket or dlg.caller_socket
         conn = None
     if not ruri:
-        return
+        return None
     first = routes[0] if routes else ruri
     if "<" in first:
         first = first[first.find("<") + 1 : first.rfind(">")]
     try:
         proto, host, port = uri_target(first, socket.proto)
         out = eng.socket_for(proto, socket)
-    except Exception:  # an unroutable stored target: nothing can be sent on this leg
-        return
+    except SipError:  # an unroutable stored target: nothing can be sent on this leg
+        return None
     if proto != "tcp":
         conn = None
+    if to_caller:
+        cseq = max(dlg.callee_cseq, dlg.local_cseq_caller) + 1
+        dlg.local_cseq_caller = cseq
+    else:
+        assert leg is not None
+        cseq = max(leg.caller_cseq, dlg.local_cseq_callee) + 1
+        dlg.local_cseq_callee = cseq
+    eng.mark_dirty(dlg)
     branch = eng.new_branch()
     lines = [
-        f"BYE {ruri} SIP/2.0",
+        f"{method} {ruri} SIP/2.0",
         f"Via: SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}",
     ]
     lines.extend(f"Route: {r}" for r in routes)
     lines += [
         f"To: {to}",
         f"From: {from_}",
-        f"CSeq: {cseq} BYE",
+        f"CSeq: {cseq} {method}",
         f"Call-ID: {dlg.callid}",
         "Max-Forwards: 70",
         "Content-Length: 0",
@@ -102,10 +127,10 @@ def send_bye(eng: Engine, dlg: Dialog, *, to_caller: bool, extra: str) -> None:
     msg = parse(data, stream=True)
     ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
     ctx.dialog = dlg
-    ctx.handler = _bye_answered
-    dlg.pending_byes += 1
-    eng.client_txns[(branch, "BYE")] = ctx
+    ctx.handler = handler
+    eng.client_txns[(branch, method)] = ctx
     ctx.start(data)
+    return ctx
 
 
 def _bye_answered(ctx: ClientTransaction, msg: SipMessage | None) -> None:
