@@ -13,6 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _noop(*args: Any) -> None:
+    return None
+
+
 class Timer:
     __slots__ = ("when", "callback", "args", "active", "queue")
 
@@ -32,6 +36,10 @@ class Timer:
     def cancel(self) -> None:
         if self.active:
             self.active = False
+            # Drop what the callback holds (a transaction, a dialog) now, not when the dead
+            # entry leaves the heap, possibly hours later.
+            self.callback = _noop
+            self.args = ()
             queue = self.queue
             if queue is not None:
                 queue._cancelled += 1
