@@ -195,6 +195,7 @@ def pyspy_summary(raw_file: Path, top: int = 25) -> str:
     """Self and inclusive sample shares per function from ``py-spy record -f raw`` output
     (collapsed stacks: ``frame;frame;...;leaf count``), plus a per-file self share."""
     self_n: dict[str, int] = defaultdict(int)
+    line_n: dict[str, int] = defaultdict(int)
     incl_n: dict[str, int] = defaultdict(int)
     file_n: dict[str, int] = defaultdict(int)
     total = 0
@@ -209,6 +210,7 @@ def pyspy_summary(raw_file: Path, top: int = 25) -> str:
         if not frames:
             continue
         self_n[frames[-1]] += n
+        line_n[_frame_name(stack.split(";")[-1], keep_line=True)] += n
         file_n[frames[-1].split(":", 1)[0].split(" ")[-1]] += n
         for f in set(frames):
             incl_n[f] += n
@@ -220,20 +222,38 @@ def pyspy_summary(raw_file: Path, top: int = 25) -> str:
     out += ["", "incl %  function (file)"]
     for name, n in sorted(incl_n.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"{n / total * 100:5.1f}  {name}")
+    out += ["", "self %  line"]
+    for name, n in sorted(line_n.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{n / total * 100:5.1f}  {name}  {_line_text(name)}")
     out += ["", "self %  file"]
     for name, n in sorted(file_n.items(), key=lambda kv: -kv[1])[:15]:
         out.append(f"{n / total * 100:5.1f}  {name}")
     return "\n".join(out)
 
 
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
-def _frame_name(frame: str) -> str:
-    """``func (path/to/file.py:123)`` → ``func (file.py)``; line numbers dropped."""
+def _frame_name(frame: str, keep_line: bool = False) -> str:
+    """``func (path/to/file.py:123)`` → ``func (to/file.py)``; line dropped unless asked."""
     m = _FRAME.match(frame.strip())
     if not m:
         return frame.strip()
     path = m.group("file")
-    short = "/".join(path.split("/")[-2:]) if "/work/main/" in path else path.split("/")[-1]
+    short = path if not path.startswith("/") else "/".join(path.split("/")[-2:])
+    if keep_line and m.group("line"):
+        short += f":{m.group('line')}"
     return f"{m.group('func')} ({short})"
+
+
+def _line_text(name: str) -> str:
+    m = re.search(r"\(([^()]+):(\d+)\)$", name)
+    if not m:
+        return ""
+    path = Path(m.group(1))
+    for cand in (path, ROOT / path):
+        try:
+            return "| " + cand.read_text().splitlines()[int(m.group(2)) - 1].strip()[:80]
+        except (OSError, IndexError):
+            continue
+    return ""
