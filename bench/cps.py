@@ -42,7 +42,7 @@ from _common import (
     rss_bytes,
     wait_quiet,
 )
-from helpers import SipdlgProcess, Sipp
+from helpers import SipdlgProcess, Sipp, SippError
 
 PYSPY = ROOT / ".venv" / "bin" / "py-spy"
 
@@ -163,7 +163,10 @@ def run_step(
             pause_ms=pause_ms, timeout=seconds * 1.5 + 15, timeout_error=False,
             trace_msg=False, name=f"uac-{tag}",
         )  # fmt: skip
-        res = uac.run(timeout=seconds * 1.5 + 40)
+        try:
+            res = uac.run(timeout=seconds * 1.5 + 40)
+        except SippError:  # overloaded SIPp past its -timeout: killed, counted as a failure
+            res = uac.collect()
         cpu = cpu_seconds(pid) - cpu0
         loop_cpu = cpu_seconds(pid, pid) - loop0
         rss = rss_bytes(pid)
