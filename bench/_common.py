@@ -134,9 +134,7 @@ class Mi:
         body = json.dumps(req).encode()
         for attempt in (0, 1):
             try:
-                self.conn.request(
-                    "POST", "/mi", body, {"Content-Type": "application/json"}
-                )
+                self.conn.request("POST", "/mi", body, {"Content-Type": "application/json"})
                 resp = self.conn.getresponse()
                 return resp.read()
             except (http.client.HTTPException, ConnectionError):

@@ -105,8 +105,9 @@ def _elapsed(text: str) -> float:
 def achieved_rate(stat_file: Path, offered: int) -> float:
     """Calls created per second while the uac was still creating them (-trace_stat rows)."""
     try:
-        rows = list(csv.DictReader(stat_file.read_text(encoding="latin-1").splitlines(),
-                                   delimiter=";"))
+        rows = list(
+            csv.DictReader(stat_file.read_text(encoding="latin-1").splitlines(), delimiter=";")
+        )
     except FileNotFoundError:
         return 0.0
     points = []
@@ -235,15 +236,21 @@ def search(
             else:
                 hi = mid
         best = lo
-    print(f"max sustained, --db {db}: {best} calls/s "
-          f"(first failing rate {first_fail if first_fail is not None else 'none reached'})")
+    print(
+        f"max sustained, --db {db}: {best} calls/s "
+        f"(first failing rate {first_fail if first_fail is not None else 'none reached'})"
+    )
     return best, steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", choices=["none", "default", "both"], default="both",
-                        help="--db none, the default SQLite realtime store, or both")
+    parser.add_argument(
+        "--db",
+        choices=["none", "default", "both"],
+        default="both",
+        help="--db none, the default SQLite realtime store, or both",
+    )
     parser.add_argument("--rates", default="250,500,750,1000,1250,1500,2000,2500,3000,4000")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--pause-ms", type=int, default=100, help="SIPp -d")
@@ -252,12 +259,22 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=1, help="re-runs of a failing step")
     parser.add_argument("--max-steps", type=int, default=14, help="per configuration")
     parser.add_argument("--max-minutes", type=float, default=12, help="per configuration")
-    parser.add_argument("--max-busy", type=float, default=0.5,
-                        help="before a step, wait until fewer CPUs than this are busy")
-    parser.add_argument("--quiet-wait", type=float, default=20,
-                        help="...but no longer than this many seconds")
-    parser.add_argument("--profile", type=int, default=0, metavar="RATE",
-                        help="instead of searching: one step at RATE under py-spy")
+    parser.add_argument(
+        "--max-busy",
+        type=float,
+        default=0.5,
+        help="before a step, wait until fewer CPUs than this are busy",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=20, help="...but no longer than this many seconds"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="RATE",
+        help="instead of searching: one step at RATE under py-spy",
+    )
     parser.add_argument("--profile-out", default="", help="where to keep the raw py-spy file")
     args = parser.parse_args()
     print_header("bench/cps.py: max sustained calls/s through sipdlg serve")

@@ -58,8 +58,17 @@ def bench_sipp(calls: int, rate: int, db: str, settle: float) -> None:
             pid = server.proc.pid
             mi = Mi("127.0.0.1", server.mi_port)
             # Warm-up: short calls so code paths, caches and the tables exist before "before".
-            warm = Sipp("uac", workdir=tmp, remote=server.sip_address, calls=500, rate=250,
-                        pause_ms=0, timeout=60, trace_msg=False, name="warmup")
+            warm = Sipp(
+                "uac",
+                workdir=tmp,
+                remote=server.sip_address,
+                calls=500,
+                rate=250,
+                pause_ms=0,
+                timeout=60,
+                trace_msg=False,
+                name="warmup",
+            )
             warm.run()
             time.sleep(3)
             gc_note = mi.stat("active_dialogs")
@@ -228,20 +237,27 @@ def _print_lines(stats: list, calls: int, top: int) -> None:
         frame = st.traceback[0]
         fname = "/".join(Path(frame.filename).parts[-2:])
         line = _source(frame.filename, frame.lineno)
-        print(f"{st.size_diff / calls:7.0f}  {st.count_diff / calls:5.1f} blocks  "
-              f"{fname}:{frame.lineno}  {line}")
+        print(
+            f"{st.size_diff / calls:7.0f}  {st.count_diff / calls:5.1f} blocks  "
+            f"{fname}:{frame.lineno}  {line}"
+        )
 
 
 def bench_engine(calls: int, top: int) -> None:
     print(f"## engine: {calls} dialogs built through Engine.receive, tracemalloc")
     r = _build(calls, lean_cancel=False)
-    print(f"right after the ACKs ({r['txns_acked']} transactions alive):  "
-          f"{r['acked']:6.0f} B/dialog")
-    print(f"+40 s, transactions ended ({r['txns_end']} alive, timer heap {r['heap_end']}, "
-          f"{r['cancelled']} cancelled entries waiting for their deadline): "
-          f"{r['txn_end']:6.0f} B/dialog = {r['txn_end'] / KIB:.2f} KiB")
-    print(f"+200 s, past Timer C (timer heap {r['heap_steady']}):             "
-          f"{r['steady']:6.0f} B/dialog = {r['steady'] / KIB:.2f} KiB   (target <= 2 KiB)")
+    print(
+        f"right after the ACKs ({r['txns_acked']} transactions alive):  {r['acked']:6.0f} B/dialog"
+    )
+    print(
+        f"+40 s, transactions ended ({r['txns_end']} alive, timer heap {r['heap_end']}, "
+        f"{r['cancelled']} cancelled entries waiting for their deadline): "
+        f"{r['txn_end']:6.0f} B/dialog = {r['txn_end'] / KIB:.2f} KiB"
+    )
+    print(
+        f"+200 s, past Timer C (timer heap {r['heap_steady']}):             "
+        f"{r['steady']:6.0f} B/dialog = {r['steady'] / KIB:.2f} KiB   (target <= 2 KiB)"
+    )
     print(f"\nby source line at +40 s (B/dialog, top {top}):")
     _print_lines(r["snap_txn_end"], calls, top)
     print(f"\nby source line at +200 s, steady state (B/dialog, top {top}):")

@@ -46,8 +46,14 @@ class Held:
 
     def __init__(self, tmp: Path, db: str, rate: int, hold_s: int) -> None:
         self.tmp, self.rate, self.hold_s = tmp, rate, hold_s
-        self.uas = Sipp("uas_answer", workdir=tmp, timeout=hold_s, timeout_error=False,
-                        trace_msg=False, name="uas")
+        self.uas = Sipp(
+            "uas_answer",
+            workdir=tmp,
+            timeout=hold_s,
+            timeout_error=False,
+            trace_msg=False,
+            name="uas",
+        )
         self.uas.start()
         self.uas.wait_listening()
         opts: dict[str, object] = {"log_level": "warning"}
@@ -174,8 +180,11 @@ def bench_list(counts: list[int], repeat: int, db: str, rate: int, probe_rate: f
                 setup = held.add(count - held.total)
                 time.sleep(2)
                 rss = rss_bytes(held.pid)
-                print(f"{count} dialogs established ({setup:.0f} s to set up), "
-                      f"sipdlg RSS {rss / 1e6:.0f} MB", flush=True)
+                print(
+                    f"{count} dialogs established ({setup:.0f} s to set up), "
+                    f"sipdlg RSS {rss / 1e6:.0f} MB",
+                    flush=True,
+                )
                 out = tmp / f"probe-{count}.json"
                 windows: list[tuple[float, float]] = []
                 times, size = [], 0
@@ -217,8 +226,21 @@ def bench_list(counts: list[int], repeat: int, db: str, rate: int, probe_rate: f
 
 def capture_byes(pcap: Path, ports: dict[int, str]) -> dict[str, dict[str, float]]:
     """Call-ID → {"caller"|"callee": first BYE timestamp} from a capture."""
-    args = ["tshark", "-r", str(pcap), "-Y", 'sip.Method == "BYE"', "-T", "fields",
-            "-e", "frame.time_epoch", "-e", "sip.Call-ID", "-e", "udp.dstport"]
+    args = [
+        "tshark",
+        "-r",
+        str(pcap),
+        "-Y",
+        'sip.Method == "BYE"',
+        "-T",
+        "fields",
+        "-e",
+        "frame.time_epoch",
+        "-e",
+        "sip.Call-ID",
+        "-e",
+        "udp.dstport",
+    ]
     for p in ports:
         args[3:3] = ["-d", f"udp.port=={p},sip"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout
@@ -295,18 +317,24 @@ def bench_bye(calls: int, db: str, rate: int, gap: float) -> None:
             ended = held.mi.stat("active_dialogs")
 
             def row(label: str, v: list[float]) -> str:
-                return (f"  {label:28s} p50 {pct(v, 50) * 1e3:6.2f} ms  p99 {pct(v, 99) * 1e3:6.2f}"
-                        f" ms  max {max(v or [0]) * 1e3:6.2f} ms  (n={len(v)})")
+                return (
+                    f"  {label:28s} p50 {pct(v, 50) * 1e3:6.2f} ms  p99 {pct(v, 99) * 1e3:6.2f}"
+                    f" ms  max {max(v or [0]) * 1e3:6.2f} ms  (n={len(v)})"
+                )
 
-            print(f"{len(sent)} dlg_end_dlg OK, {missing} without both BYEs captured, "
-                  f"{ended} dialogs still active 2 s later")
+            print(
+                f"{len(sent)} dlg_end_dlg OK, {missing} without both BYEs captured, "
+                f"{ended} dialogs still active 2 s later"
+            )
             print(row("MI request → BYE to caller", caller))
             print(row("MI request → BYE to callee", callee))
             print(row("MI request → both BYEs", both))
             print(row("MI HTTP round trip", http_rtt))
             res = uac.stop(grace=3)
-            print(f"  SIPp uac: {res.successful} calls ended by the BYE and answered, "
-                  f"{res.failed} failed")
+            print(
+                f"  SIPp uac: {res.successful} calls ended by the BYE and answered, "
+                f"{res.failed} failed"
+            )
         finally:
             if cap is not None:
                 cap.kill()
