@@ -127,6 +127,110 @@ def bench_sipp(calls: int, rate: int, db: str, settle: float) -> None:
             uas._kill() if uas.running else None
 
 
+# ------------------------------------------------------------------------------ server trace
+
+_TRACED = """
+import gc, signal, sys, tracemalloc
+tracemalloc.start(1)
+out = sys.argv.pop(1)
+count = [0]
+def dump(sig, frame):
+    gc.collect()
+    count[0] += 1
+    tracemalloc.take_snapshot().dump(f"{out}/snap{count[0]}.bin")
+    open(f"{out}/snap{count[0]}.done", "w").close()
+signal.signal(signal.SIGUSR2, dump)
+sys.argv[0] = "sipdlg"
+from app.cli import main
+sys.exit(main())
+"""
+
+
+class TracedSipdlg(SipdlgProcess):
+    """``sipdlg serve`` under tracemalloc; SIGUSR2 writes a snapshot to ``snap_dir``."""
+
+    snap_dir = "."
+
+    @property
+    def command(self) -> list[str]:
+        cmd = super().command
+        return [cmd[0], "-c", _TRACED, self.snap_dir, *cmd[3:]]
+
+
+def bench_server_trace(calls: int, rate: int, settle: float, top: int) -> None:
+    """The real server under tracemalloc: what it holds per held call, by source line."""
+    import os
+    import signal
+
+    print(f"## server-trace: {calls} held calls, sipdlg serve --db none under tracemalloc")
+    with tempfile.TemporaryDirectory(prefix="sipdlg-memtr-") as tmpdir:
+        tmp = Path(tmpdir)
+        uas = Sipp("uas", workdir=tmp, timeout=900, timeout_error=False, trace_msg=False)
+        uas.start()
+        uas.wait_listening()
+        TracedSipdlg.snap_dir = str(tmp)
+        server = TracedSipdlg(tmp, uas_port=uas.port, log_level="warning", db="none").start()
+        uac = None
+        try:
+            assert server.proc is not None and server.mi_port is not None
+            pid = server.proc.pid
+            mi = Mi("127.0.0.1", server.mi_port)
+
+            def snapshot(n: int) -> tracemalloc.Snapshot:
+                os.kill(pid, signal.SIGUSR2)
+                done = tmp / f"snap{n}.done"
+                deadline = time.monotonic() + 120
+                while not done.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                return tracemalloc.Snapshot.load(str(tmp / f"snap{n}.bin"))
+
+            warm = Sipp(
+                "uac",
+                workdir=tmp,
+                remote=server.sip_address,
+                calls=300,
+                rate=150,
+                pause_ms=0,
+                timeout=60,
+                trace_msg=False,
+                name="warmup",
+            )
+            warm.run()
+            time.sleep(35)  # the warm-up's transactions end
+            base = snapshot(1)
+            uac = Sipp(
+                "uac",
+                workdir=tmp,
+                remote=server.sip_address,
+                calls=calls,
+                rate=rate,
+                limit=calls,
+                pause_ms=3_600_000,
+                timeout=900,
+                timeout_error=False,
+                trace_msg=False,
+                name="hold",
+            )
+            uac.start()
+            active = wait_stat(mi, "active_dialogs", calls, timeout=calls / rate * 3 + 60)
+            time.sleep(settle)
+            after = snapshot(2)
+            diff = after.compare_to(base, "lineno")
+            total = sum(d.size_diff for d in diff)
+            print(
+                f"{active} dialogs, {settle:.0f} s after set-up: traced memory "
+                f"+{total / 1e6:.1f} MB = {total / max(1, active):.0f} B/dialog"
+            )
+            _print_lines(diff, max(1, active), top)
+            mi.close()
+        finally:
+            if uac is not None and uac.running:
+                uac._kill()
+            server.stop()
+            if uas.running:
+                uas._kill()
+
+
 # ------------------------------------------------------------------------------ engine
 
 
@@ -336,7 +440,7 @@ def _source(filename: str, lineno: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["sipp", "engine", "all"])
+    parser.add_argument("what", choices=["sipp", "engine", "server-trace", "all"])
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--rate", type=int, default=400, help="sipp: call set-up rate")
     parser.add_argument("--db", choices=["none", "default"], default="none")
@@ -346,6 +450,8 @@ def main() -> None:
     print_header("bench/memory.py: memory per active dialog")
     if args.what in ("engine", "all"):
         bench_engine(args.calls, args.top)
+    if args.what == "server-trace":
+        bench_server_trace(args.calls, args.rate, args.settle, args.top)
     if args.what in ("sipp", "all"):
         bench_sipp(args.calls, args.rate, args.db, args.settle)
 
