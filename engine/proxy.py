@@ -163,6 +163,11 @@ class Engine:
         return f"{self._tag}.{zlib.crc32(callid.encode(ENCODING, ERRORS)):x}"
 
     def is_local_uri(self, uri: str) -> bool:
+        # Parameters (our Record-Route's per-dialog ``did``) do not change whether a URI is
+        # ours: cache on what precedes them, or every dialog would miss the cache.
+        semi = uri.find(";", uri.rfind("@") + 1)
+        if semi > 0:
+            uri = uri[:semi]
         hit = self._local_cache.get(uri)
         if hit is None:
             try:
