@@ -167,9 +167,12 @@ class SipdlgProcess:
         with open(self.log_file, "wb") as out:
             out.write(("$ " + " ".join(cmd) + "\n").encode())
             out.flush()
+            # Not the repository: ``-m`` puts the working directory first on sys.path, and
+            # the engine must come from wherever PYTHONPATH says (build/native for benchmarks
+            # of the compiled engine); files the server writes stay in the test's folder.
             self.proc = subprocess.Popen(
                 cmd,
-                cwd=REPO_ROOT,
+                cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
