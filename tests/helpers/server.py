@@ -160,7 +160,7 @@ class SipdlgProcess:
         env["PYTHONUNBUFFERED"] = "1"
         # Make `python -m app.cli` importable even without an editable install.
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+            p for p in (env.get("PYTHONPATH", ""), str(REPO_ROOT)) if p
         )
         env.update(self.env)
         cmd = self.command
