@@ -104,7 +104,7 @@ class CalleeLeg:
     #: Highest CSeq the caller sent toward this callee (a BYE to the callee uses this + 1).
     caller_cseq: int = 0
     #: Route set toward the callee, name-addrs (``<sip:proxy;lr>``) in the order to use them.
-    route_set: list[str] = field(default_factory=list)
+    route_set: tuple[str, ...] = ()
     socket: Socket | None = None
     sdp: str | None = None
     sent_sdp: str | None = None
@@ -126,7 +126,7 @@ class Dialog:
     invite_cseq: int
     #: Route set toward the caller: the INVITE's Record-Route values in order, each a
     #: name-addr as received (``<sip:proxy;lr>``); dlg_list joins them with ``,``.
-    caller_route_set: list[str] = field(default_factory=list)
+    caller_route_set: tuple[str, ...] = ()
     #: Highest CSeq the callee has sent toward the caller (a BYE to the caller uses this + 1).
     callee_cseq: int = 0
     caller_sdp: str | None = None

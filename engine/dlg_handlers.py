@@ -7,6 +7,7 @@ that ignores Record-Route still needs its requests sent on to the right party).
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from . import dlg_ping, dlg_req_within
@@ -52,9 +53,10 @@ def create_dialog(
         caller_contact=contact.uri if contact else "",
         caller_socket=socket,
         invite_cseq=msg.cseq[0],
-        caller_route_set=msg.get_all("record-route"),
+        caller_route_set=tuple(msg.get_all("record-route")),
         caller_sdp=sdp_of(msg),
-        caller_source=(socket.proto, src[0], src[1]),
+        # Interned: one string per peer address, not one per dialog.
+        caller_source=(socket.proto, sys.intern(src[0]), src[1]),
         caller_conn=conn,
         lifetime=eng.config.default_timeout,
         created=eng.now,
@@ -118,6 +120,7 @@ def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) 
         return
     leg = dlg.leg_for_tag(tag)
     dlg.confirmed_leg = dlg.callees.index(leg)
+    dlg.invite_branch = ""  # only an unanswered INVITE can be CANCELled
     contact = msg.contact
     if contact is not None:
         leg.contact = contact.uri
@@ -127,7 +130,7 @@ def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) 
         leg.sdp = sdp
     rr = msg.get_all("record-route")
     ours = next((i for i, v in enumerate(rr) if eng.is_local_uri(_uri_of(v))), len(rr))
-    leg.route_set = rr[:ours][::-1]
+    leg.route_set = tuple(rr[:ours][::-1])
     was_early = dlg.state is DlgState.EARLY
     old = dlg.apply(DlgEvent.ANSWERED)
     stats = eng.stats
@@ -297,7 +300,7 @@ def route_in_dialog(
         # (OpenSIPS fix_route_dialog).
         if direction == 1:
             target = leg.contact if leg is not None else ""
-            routes = leg.route_set if leg is not None else []
+            routes = leg.route_set if leg is not None else ()
         else:
             target = dlg.caller_contact
             routes = dlg.caller_route_set

@@ -152,13 +152,13 @@ def test_stored_dialog_data() -> None:
     assert dlg.caller_tag == "ftag1"
     assert dlg.caller_contact == call.caller_contact
     assert dlg.caller_sdp == SDP
-    assert dlg.caller_route_set == []
+    assert dlg.caller_route_set == ()
     assert str(dlg.caller_socket) == "udp:127.0.0.1:5060"
     leg = dlg.callee
     assert leg is not None
     assert leg.tag == "ttag1" and leg.contact == call.callee_contact
     assert leg.caller_cseq == 1 and dlg.callee_cseq == 0
-    assert leg.route_set == []
+    assert leg.route_set == ()
     assert leg.sdp == SDP
     assert str(leg.socket) == "udp:127.0.0.1:5060"
 
@@ -180,9 +180,9 @@ def test_route_sets_from_record_route() -> None:
     )
     rig.recv(raw.encode(), src=CALLEE)
     dlg = only_dialog(rig)
-    assert dlg.caller_route_set == ["<sip:up1.example.com;lr>", "<sip:up2.example.com;lr>"]
+    assert dlg.caller_route_set == ("<sip:up1.example.com;lr>", "<sip:up2.example.com;lr>")
     assert dlg.callee is not None
-    assert dlg.callee.route_set == ["<sip:down1.example.com;lr>", "<sip:down2.example.com;lr>"]
+    assert dlg.callee.route_set == ("<sip:down1.example.com;lr>", "<sip:down2.example.com;lr>")
 
 
 def test_upstream_bye() -> None:

@@ -305,7 +305,7 @@ class Call:
         rr = inv.msg.header_values("record-route")
         routes = [r.strip() for line in rr for r in line.split(",")]
         route_lines = "".join(f"Route: {r}\n" for r in routes)
-        frm = inv.msg.header("to") + f";tag={self.ttag}"
+        frm = f"{inv.msg.header('to')};tag={self.ttag}"
         return crlf(
             f"{method} {self.caller_contact} SIP/2.0\n"
             f"Via: SIP/2.0/UDP {CALLEE[0]}:{CALLEE[1]};branch=z9hG4bK-uas-{method}-{cseq}\n"

@@ -379,7 +379,7 @@ async def test_dialog_strings_escaped_and_optional_keys(mi: Any) -> None:
     (dlg,) = service.add_calls(1)
     dlg.from_uri = 'sip:"quote"\\back\x01ctl@é.example'
     dlg.caller_contact = "sip:bad\udcffbyte@h"  # undecodable SIP byte kept by surrogateescape
-    dlg.caller_route_set = ["sip:p1.example;lr", "<sip:p2.example;lr>"]
+    dlg.caller_route_set = ("sip:p1.example;lr", "<sip:p2.example;lr>")
     dlg.caller_sent_sdp = "v=0\r\n"
     dlg.callees[0].sent_sdp = "v=0\r\n"
     dlg.callees[0].socket = None
