@@ -20,32 +20,28 @@ DIALOG_STATS: tuple[tuple[str, bool], ...] = (
 )
 
 
+#: Transport and parser counters (group ``core:``).
+CORE_STATS: tuple[str, ...] = (
+    "rcv_requests",
+    "rcv_replies",
+    "fwd_requests",
+    "fwd_replies",
+    "drop_requests",
+    "drop_replies",
+    "err_requests",
+    "err_replies",
+    "parse_errors",
+    "retransmissions",
+    "tcp_connections",
+)
+
+
 class Stats:
     """Plain integer counters; cheap to bump on the hot path."""
 
     __slots__ = (
-        "active_dialogs",
-        "early_dialogs",
-        "processed_dialogs",
-        "expired_dialogs",
-        "failed_dialogs",
-        "create_sent",
-        "update_sent",
-        "delete_sent",
-        "create_recv",
-        "update_recv",
-        "delete_recv",
-        "rcv_requests",
-        "rcv_replies",
-        "fwd_requests",
-        "fwd_replies",
-        "drop_requests",
-        "drop_replies",
-        "err_requests",
-        "err_replies",
-        "parse_errors",
-        "retransmissions",
-        "tcp_connections",
+        *(name for name, _ in DIALOG_STATS),
+        *CORE_STATS,
         "requests_by_method",
         "replies_by_class",
         "sent_requests_by_method",
@@ -86,22 +82,7 @@ class Stats:
         return {name: getattr(self, name) for name, _ in DIALOG_STATS}
 
     def core_stats(self) -> dict[str, int]:
-        return {
-            name: getattr(self, name)
-            for name in (
-                "rcv_requests",
-                "rcv_replies",
-                "fwd_requests",
-                "fwd_replies",
-                "drop_requests",
-                "drop_replies",
-                "err_requests",
-                "err_replies",
-                "parse_errors",
-                "retransmissions",
-                "tcp_connections",
-            )
-        }
+        return {name: getattr(self, name) for name in CORE_STATS}
 
     def reset(self, name: str) -> bool:
         """Reset one resettable counter; False if it is not resettable."""
@@ -110,7 +91,7 @@ class Stats:
                 if resettable:
                     setattr(self, name, 0)
                 return resettable
-        if name in self.core_stats():
+        if name in CORE_STATS:
             setattr(self, name, 0)
             return True
         return False
