@@ -39,6 +39,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--delete-delay", type=int, metavar="S", help="keep ended dialogs listed (0)")
     p.add_argument("--tcp-idle-timeout", type=int, metavar="S", help="close idle TCP after (120)")
     p.add_argument(
+        "--gc-rescan-period",
+        type=int,
+        metavar="S",
+        help="full garbage-collector rescan of long-lived objects every S seconds (3600; 0 never)",
+    )
+    p.add_argument(
         "--bye-on-timeout",
         action=argparse.BooleanOptionalAction,
         default=None,

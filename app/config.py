@@ -33,6 +33,8 @@ class Settings:
     max_message_size: int = 65536
     delete_delay: int = 0
     tcp_idle_timeout: int = 120
+    #: Seconds between full rescans of the objects the collector froze (0: never).
+    gc_rescan_period: int = 3600
     log_level: str = "info"
     # Persistence (docs/persistence.md): SQLite file, relative paths under data_dir.
     db: str = "sqlite:///sipdlg.db"
@@ -82,6 +84,7 @@ INT_FIELDS = {
     "max_message_size",
     "delete_delay",
     "tcp_idle_timeout",
+    "gc_rescan_period",
 }
 
 
@@ -189,6 +192,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("db_update_period must be positive")
     if settings.ended_retention < 0:
         raise ConfigError("ended_retention must not be negative")
+    if settings.gc_rescan_period < 0:
+        raise ConfigError("gc_rescan_period must not be negative (0: never)")
     from engine.dlg_db import parse_db_url
 
     try:

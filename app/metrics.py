@@ -17,7 +17,9 @@ time, so the SIP hot path only bumps ints.  Metric families:
   not_found);
 * ``sipdlg_events_published_total``, ``sipdlg_event_consumers{kind}``,
   ``sipdlg_events_{delivered,dropped,failed}_total{kind,consumer}``;
-* ``sipdlg_event_loop_lag_seconds`` (last sample) and a histogram of samples.
+* ``sipdlg_event_loop_lag_seconds`` (last sample) and a histogram of samples;
+* ``sipdlg_gc_pause_seconds`` (histogram), ``sipdlg_gc_pause_max_seconds``,
+  ``sipdlg_gc_frozen_objects`` and ``sipdlg_gc_rescans_total`` (app/gc_policy.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from engine.message import KNOWN_METHODS
+
+from .gc_policy import PAUSE_BUCKETS
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -209,6 +213,29 @@ class SipdlgCollector(Collector):
         buckets.append(("+Inf", lag.count))
         hist.add_metric([], buckets, lag.sum)
         yield hist
+
+        policy = getattr(life.service, "gc", None)
+        if policy is not None:
+            pauses = HistogramMetricFamily(
+                "sipdlg_gc_pause_seconds", "Pauses of the cyclic garbage collector"
+            )
+            acc = 0
+            buckets = []
+            for bound, n in zip(PAUSE_BUCKETS, policy.buckets, strict=False):
+                acc += n
+                buckets.append((str(bound), acc))
+            buckets.append(("+Inf", sum(policy.buckets)))
+            pauses.add_metric([], buckets, sum(policy.pause_seconds))
+            yield pauses
+            yield gauge(
+                "sipdlg_gc_pause_max_seconds", "Longest collector pause so far", policy.pause_max
+            )
+            yield gauge(
+                "sipdlg_gc_frozen_objects",
+                "Long-lived objects kept out of the collector's scans (app/gc_policy.py)",
+                policy.frozen(),
+            )
+            yield counter("sipdlg_gc_rescans", "Full rescans of the frozen objects", policy.rescans)
 
 
 def make_registry(life: Lifecycle) -> CollectorRegistry:

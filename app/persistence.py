@@ -45,6 +45,11 @@ DB_MODES = ("realtime", "delayed", "shutdown")
 #: Ended-call records waiting for a write are capped (shutdown mode keeps them until the stop).
 MAX_PENDING_ENDED = 100_000
 PRUNE_EVERY = 3600.0
+#: Realtime: a commit starts at most this long after the previous one started.  Idle, a
+#: change is committed at once; under load each commit takes everything that queued up in
+#: the meantime, so the cost of a commit (WAL frames, the GIL hand-offs of the writer
+#: thread) is shared by more dialogs.  Held messages wait at most this much longer.
+COMMIT_INTERVAL = 0.005
 
 
 class _Batch:
@@ -84,14 +89,21 @@ class _Writer(threading.Thread):
             self.cv.notify()
 
     def run(self) -> None:
+        last = -COMMIT_INTERVAL
         while True:
             with self.cv:
                 while not self.queue and not self.stopping:
                     self.cv.wait()
                 if not self.queue:
                     return
+                while not self.stopping:
+                    left = last + COMMIT_INTERVAL - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cv.wait(left)
                 batches, self.queue = self.queue, []
                 self.busy = True
+            last = time.monotonic()
             error: DbError | None = None
             try:
                 self.store.write_batches([b.changes for b in batches])
@@ -154,6 +166,13 @@ class Persistence:
         #: messages are sent once their batch is committed (set by :meth:`start`).
         self.writer: _Writer | None = None
         self.in_flight: deque[_Batch] = deque()
+        #: Realtime: messages that wait for the next commit, the Call-IDs with changes not
+        #: yet handed to the writer, and the Call-IDs in batches not yet committed (a count
+        #: of batches each): a message of such a call waits too, so a call's messages stay in
+        #: order, while every other call's messages leave at once.
+        self.waiting: list[Any] = []
+        self.dirty_callids: set[str] = set()
+        self.unsettled: dict[str, int] = {}
         self.release: Callable[[list[Any]], None] | None = None
         self._ended_hook: Callable[[Dialog], None] | None = None
 
@@ -215,6 +234,7 @@ class Persistence:
         ended = list(self.pending_ended)
         batch = _Batch((upserts, deletes, ended), list(dirty), [])
         dirty.clear()
+        self.dirty_callids.clear()
         self.pending_ended.clear()
         if not (upserts or deletes or ended):
             return None
@@ -252,6 +272,17 @@ class Persistence:
 
     # -- realtime: the writer thread ----------------------------------------------------------
 
+    def note_dirty(self) -> None:
+        """Realtime: a message just changed dialogs; what any of their calls sends from now on
+        waits for the commit that makes the change durable."""
+        add = self.dirty_callids.add
+        for dlg in self.engine.dirty:
+            add(dlg.callid)
+
+    def must_wait(self, callid: str) -> bool:
+        """Whether a message of ``callid`` must queue behind a change not yet committed."""
+        return callid in self.dirty_callids or callid in self.unsettled
+
     def submit(self, held: list[Any]) -> bool:
         """Realtime: hand the dirty dialogs to the writer thread together with ``held``, the
         messages that must not leave before they are committed.  False if nothing was dirty
@@ -261,6 +292,9 @@ class Persistence:
         if batch is None:
             return False
         batch.held = held
+        unsettled = self.unsettled
+        for dlg in batch.dialogs:
+            unsettled[dlg.callid] = unsettled.get(dlg.callid, 0) + 1
         self.in_flight.append(batch)
         self.writer.submit(batch)
         return True
@@ -272,6 +306,19 @@ class Persistence:
         self.in_flight[-1].held.extend(items)
         return True
 
+    def route(self, outbox: list[Any]) -> list[Any]:
+        """Realtime: commit what is dirty with the waiting messages and ``outbox`` behind it;
+        returns the messages that may leave now (none if a commit is needed or in flight)."""
+        items = outbox[:]
+        if self.waiting:
+            items[:0] = self.waiting
+            self.waiting = []
+        if (self.engine.dirty or self.pending_ended) and self.submit(items):
+            return []
+        if self.hold(items):
+            return []
+        return items
+
     def _committed(self, batches: list[_Batch], error: DbError | None) -> None:
         """On the loop, after the writer's transaction: release the held messages in order."""
         if error is not None:
@@ -281,15 +328,22 @@ class Persistence:
         else:
             self._count(batches)
         release = self.release
+        unsettled = self.unsettled
         for b in batches:
             if self.in_flight and self.in_flight[0] is b:
                 self.in_flight.popleft()
+            for dlg in b.dialogs:
+                left = unsettled.get(dlg.callid, 0) - 1
+                if left > 0:
+                    unsettled[dlg.callid] = left
+                else:
+                    unsettled.pop(dlg.callid, None)
             if release is not None and b.held:
                 release(b.held)
 
     async def settle(self) -> None:
         """Wait until every commit in flight is done and its messages released."""
-        while self.in_flight:
+        while self.in_flight or self.waiting:
             await asyncio.sleep(0.001)
 
     def sync_all(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import ipaddress
 import logging
 import os
@@ -18,6 +17,7 @@ from engine.events import Send
 from engine.proxy import VERSION, Engine, EngineConfig
 
 from .config import Settings
+from .gc_policy import GcPolicy
 from .lifecycle import Lifecycle
 from .persistence import Persistence, open_persistence
 from .transport import TcpConnection, UdpEndpoint
@@ -70,6 +70,7 @@ class SipService:
         #: Dialog persistence (app/persistence.py), set by run() unless ``--db none``.
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self.gc = GcPolicy(settings.gc_rescan_period)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -115,17 +116,35 @@ class SipService:
     # -- engine driving -----------------------------------------------------------------------
 
     def feed(self, data: bytes, sock: Socket, src: tuple[str, int], conn: int | None) -> None:
+        engine = self.engine
+        db = self.db
+        marks = engine.dirty_marks
         try:
-            self.engine.receive(data, sock, src, conn, self.loop.time())
+            engine.receive(data, sock, src, conn, self.loop.time())
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
-            self.engine.stats.parse_errors += 1
-        if self.db is not None and self.db.realtime:
-            # Group commit: one flush (one commit) for everything read in this loop iteration.
-            if self._flush_handle is None:
-                self._flush_handle = self.loop.call_soon(self._flush_soon)
-        else:
+            engine.stats.parse_errors += 1
+        if db is None or db.writer is None:
             self.flush()
+            return
+        # Realtime: what this message caused waits for the commit of the dialogs it changed
+        # (or of its call's earlier change); everything else leaves now.  One commit covers
+        # every message read in this loop iteration (group commit).
+        outbox = engine.outbox
+        if outbox:
+            if engine.dirty_marks != marks:
+                db.note_dirty()
+                db.waiting.extend(outbox)
+            elif db.must_wait(engine.last_callid):
+                db.waiting.extend(outbox)
+            else:
+                for item in outbox:
+                    self._send(item)
+            outbox.clear()
+        elif engine.dirty_marks != marks:
+            db.note_dirty()
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
 
     def restore_db(self) -> int:
         """MI ``dlg_restore_db``: load stored dialogs missing from memory; how many came."""
@@ -160,13 +179,11 @@ class SipService:
         if db is not None and db.realtime:
             # Durable before the messages that caused it go out: the writer thread commits,
             # then releases them (and everything queued behind them, to keep the order).
-            if engine.dirty or db.pending_ended:
-                if db.writer is None:
+            if db.writer is None:
+                if engine.dirty or db.pending_ended:
                     db.write_dirty()
-                elif db.submit(outbox[:]):
-                    outbox.clear()
-            if outbox and db.hold(outbox[:]):
-                outbox.clear()
+            elif outbox or db.waiting or engine.dirty or db.pending_ended:
+                outbox[:] = db.route(outbox)
         if outbox:
             for item in outbox:
                 self._send(item)
@@ -319,11 +336,9 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    # Everything allocated so far lives as long as the process: keep the cyclic collector off
-    # it, and collect less often (the hot path allocates many short-lived, acyclic objects).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    # Short collector pauses however many calls are up (app/gc_policy.py).
+    service.gc.install()
+    service.gc.start()
     log.info("sipdlg %s started", VERSION)
     await stop.wait()
     log.info("shutting down: no new dialogs, saving the dialogs, closing")
@@ -341,5 +356,6 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     if mi_runner is not None:
         await mi_runner.cleanup()
     await service.stop()
+    service.gc.stop()
     if service.db is not None:
         service.db.close()

@@ -30,6 +30,7 @@ import csv
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class Step:
     cpu_us: float
     loop_us: float
     rss_mb: float
+    gc_max_ms: float
     busy_before: float
     sipp_rc: int
 
@@ -86,6 +88,7 @@ class Step:
             f"failed {self.fail_ratio * 100:5.2f} %  retrans {self.retrans} "
             f"({self.retrans_ratio * 100:5.2f} %)  CPU/call {self.cpu_us:5.0f} µs "
             f"(loop {self.loop_us:5.0f} µs)  RSS {self.rss_mb:5.1f} MB  "
+            f"gc-max {self.gc_max_ms:4.0f} ms  "
             f"busy-before {self.busy_before:.2f}  sipp rc {self.sipp_rc}  "
             f"{'PASS' if self.ok else 'FAIL'}"
         )
@@ -131,6 +134,18 @@ def achieved_rate(stat_file: Path, offered: int) -> float:
     return offered / t
 
 
+def gc_max_pause(url: str) -> float:
+    """The longest garbage-collector pause the server saw (``/metrics``), -1 if unknown."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("sipdlg_gc_pause_max_seconds "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return -1.0
+
+
 def run_step(
     tmp: Path, rate: int, seconds: float, db: str, pause_ms: int, profile: Path | None = None
 ) -> Step:
@@ -171,6 +186,7 @@ def run_step(
         cpu = cpu_seconds(pid) - cpu0
         loop_cpu = cpu_seconds(pid, pid) - loop0
         rss = rss_bytes(pid)
+        gc_max = gc_max_pause(server.mi_url.replace("/mi", "/metrics"))
     finally:
         if spy is not None:
             try:
@@ -194,6 +210,7 @@ def run_step(
         cpu_us=cpu / max(1, offered) * 1e6,
         loop_us=loop_cpu / max(1, offered) * 1e6,
         rss_mb=rss / 1e6,
+        gc_max_ms=gc_max * 1000,
         busy_before=busy,
         sipp_rc=res.returncode,
     )

@@ -114,16 +114,51 @@ DIALOG_COLUMNS = (
     "created",
     "updated",
 )
-#: An upsert (not INSERT OR REPLACE, which deletes and re-inserts the row).
-_INSERT_DIALOG = (
-    f"INSERT INTO dialogs ({', '.join(DIALOG_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(DIALOG_COLUMNS))}) ON CONFLICT (db_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in DIALOG_COLUMNS[1:])
-)
 _INSERT_ENDED = (
     "INSERT INTO ended_dialogs (db_id, id, callid, state, end_reason, created, confirmed, "
     "ended, duration, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+#: Rows per statement, largest first (the dialogs are upserted, not INSERT OR REPLACEd, which
+#: would delete and re-insert the row).  The writer thread releases and takes back the GIL
+#: around every statement it steps; under load the event loop holds the GIL most of the time,
+#: so one statement per row made a commit of a few hundred rows wait for hundreds of
+#: hand-offs.  Multi-row statements of a few fixed sizes (each prepared once, then cached by
+#: sqlite3) keep a commit to a handful of steps.  256 rows x 27 columns stays under SQLite's
+#: 32766 bound parameters.
+_CHUNKS = (256, 64, 16, 4, 1)
+_UPSERT_BY_SIZE = {
+    n: (
+        f"INSERT INTO dialogs ({', '.join(DIALOG_COLUMNS)}) VALUES "
+        + ", ".join([f"({', '.join('?' * len(DIALOG_COLUMNS))})"] * n)
+        + " ON CONFLICT (db_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in DIALOG_COLUMNS[1:])
+    )
+    for n in _CHUNKS
+}
+_DELETE_BY_SIZE = {n: f"DELETE FROM dialogs WHERE db_id IN ({', '.join('?' * n)})" for n in _CHUNKS}
+_ENDED_BY_SIZE = {
+    n: _INSERT_ENDED.partition(" VALUES ")[0]
+    + " VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    for n in _CHUNKS
+}
+
+
+def _in_chunks(db: sqlite3.Connection, by_size: dict[int, str], rows: Sequence[Any]) -> None:
+    """Execute ``rows`` (tuples, or single values) through the multi-row statements."""
+    start = 0
+    total = len(rows)
+    for size in _CHUNKS:
+        sql = by_size[size]
+        while total - start >= size:
+            chunk = rows[start : start + size]
+            if isinstance(chunk[0], tuple):
+                db.execute(sql, [value for row in chunk for value in row])
+            else:
+                db.execute(sql, chunk)
+            start += size
+
 
 #: States worth storing: an answered call (OpenSIPS inserts the row at confirmation).
 STORED_STATES = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
@@ -629,6 +664,14 @@ class SqliteStore(DialogStore):
         self._transaction([(upserts, deletes, ended)], replace_all)
 
     def write_batches(self, batches: Sequence[ChangeSet]) -> None:
+        # One statement of each kind for the whole group: a dialog is upserted any number of
+        # times and deleted at most once, at its end, so all upserts (in order), then all
+        # deletes, leave the same rows as the change sets applied one by one.
+        if len(batches) > 1:
+            upserts = [row for b in batches for row in b[0]]
+            deletes = [db_id for b in batches for db_id in b[1]]
+            ended = [rec for b in batches for rec in b[2]]
+            batches = [(upserts, deletes, ended)]
         self._transaction(batches, False)
 
     def _transaction(self, batches: Sequence[ChangeSet], replace_all: bool) -> None:
@@ -641,14 +684,12 @@ class SqliteStore(DialogStore):
                 if replace_all:
                     db.execute("DELETE FROM dialogs")
                 for upserts, deletes, ended in batches:
-                    if deletes:
-                        db.executemany(
-                            "DELETE FROM dialogs WHERE db_id = ?", [(d,) for d in deletes]
-                        )
                     if upserts:
-                        db.executemany(_INSERT_DIALOG, upserts)
+                        _in_chunks(db, _UPSERT_BY_SIZE, upserts)
+                    if deletes:
+                        _in_chunks(db, _DELETE_BY_SIZE, deletes)
                     if ended:
-                        db.executemany(_INSERT_ENDED, [_ended_row(r) for r in ended])
+                        _in_chunks(db, _ENDED_BY_SIZE, [_ended_row(r) for r in ended])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:

@@ -155,6 +155,8 @@ def cancel_branch(eng: Engine, ctx: ClientTransaction) -> None:
 
 def send_cancel(eng: Engine, ctx: ClientTransaction) -> None:
     invite = ctx.request
+    if invite is None:  # answered meanwhile: nothing left to cancel
+        return
     lines = [f"CANCEL {invite.ruri} SIP/2.0"]
     for h in invite.headers:
         if h[0] == "via":

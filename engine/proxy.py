@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import dlg_handlers, dlg_req_within
@@ -96,6 +96,11 @@ class Engine:
         #: ``mark_dirty`` only while ``track_dirty`` is set, emptied by the shell.
         self.dirty: set[Dialog] = set()
         self.track_dirty = False
+        #: Calls to ``mark_dirty`` so far, and the Call-ID of the last message received: the
+        #: shell holds back only what a message caused when that message changed a dialog
+        #: (or belongs to a call whose change is not yet durable), and sends the rest at once.
+        self.dirty_marks = 0
+        self.last_callid = ""
         self._local_hosts = {s.host for s in sockets}
         self._local_ports = {s.port for s in sockets}
         self._local_cache: dict[str, bool] = {}
@@ -127,6 +132,7 @@ class Engine:
     ) -> None:
         """Process one datagram or one framed stream message."""
         self.now = now
+        self.last_callid = ""
         try:
             msg = parse(data, stream=conn is not None)
         except SipError as exc:
@@ -139,6 +145,7 @@ class Engine:
             if msg.method is not None and msg.method != "ACK":
                 self._reply_stateless(msg, 513, "Message Too Large", socket, src, conn)
             return
+        self.last_callid = msg.get("call-id") or ""
         if msg.method is None:
             self._on_response(msg)
         else:
@@ -148,6 +155,7 @@ class Engine:
         """Note that ``dlg`` changed in a way worth persisting (see engine/dlg_db.py)."""
         if self.track_dirty:
             self.dirty.add(dlg)
+            self.dirty_marks += 1
 
     def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str = "") -> bool:
         """End a dialog as OpenSIPS's dlg_end_dlg does: BYE both legs, or CANCEL if early."""
@@ -217,7 +225,7 @@ class Engine:
 
     def build_reply(
         self,
-        lines: list[tuple[str, str]],
+        lines: Sequence[tuple[str, str]],
         status: int,
         reason: str,
         to_tag: str | None,
@@ -238,7 +246,7 @@ class Engine:
     def reply(self, stx: ServerTransaction, status: int, reason: str, extra: str = "") -> None:
         tag = None
         if status > 100:
-            tag = stx.to_tag or self.local_tag(stx.request.callid)
+            tag = stx.to_tag or self.local_tag(stx.callid)
         stx.respond(status, self.build_reply(stx.reply_headers, status, reason, tag, extra))
 
     def _reply_stateless(

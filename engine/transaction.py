@@ -61,7 +61,7 @@ class ServerTransaction:
         "tu",
         "key",
         "method",
-        "request",
+        "callid",
         "socket",
         "src_host",
         "src_port",
@@ -92,7 +92,7 @@ class ServerTransaction:
         self.tu = tu
         self.key = key
         self.method = request.method
-        self.request = request
+        self.callid: str = request.get("call-id") or ""
         self.socket = socket
         self.src_host, self.src_port = src
         self.conn = conn
@@ -108,8 +108,12 @@ class ServerTransaction:
         self.to_tag: str | None = None
         self.cancelled = False
         #: The header lines a locally generated response copies (RFC 3261 §8.2.6.2), taken
-        #: before the request is modified for forwarding.
-        self.reply_headers = [(h[0], h[1]) for h in request.headers if h[0] in _REPLY_HEADERS]
+        #: before the request is modified for forwarding.  A transaction keeps no parsed
+        #: message: it lives 32 s after its final response, and tuples of strings are the
+        #: only thing the cyclic garbage collector stops scanning.
+        self.reply_headers = tuple(
+            [(h[0], h[1]) for h in request.headers if h[0] in _REPLY_HEADERS]
+        )
 
     def _transmit(self, data: bytes) -> None:
         self.tu.send(self.socket, self.src_host, self.src_port, self.conn, data)
@@ -226,7 +230,8 @@ class ClientTransaction:
         self.tu = tu
         self.branch = branch
         self.method = request.method or ""
-        self.request = request
+        #: Kept only until the final response (for CANCEL and the ACK of a non-2xx).
+        self.request: SipMessage | None = request
         self.data = b""
         self.socket = socket
         self.host = host
@@ -311,6 +316,7 @@ class ClientTransaction:
                     return
                 if state in (TxState.CALLING, TxState.PROCEEDING):
                     self._stop_timers()
+                    self.request = None
                     self.state = TxState.ACCEPTED  # RFC 6026 Timer M
                     self._timer_end = tu.timers.call_at(tu.now + 64 * T1, self._terminate)
                     tu.client_response(self, msg)
@@ -322,8 +328,12 @@ class ClientTransaction:
             if state in (TxState.CALLING, TxState.PROCEEDING):
                 self._stop_timers()
                 self.state = TxState.COMPLETED
-                self.ack = build_ack(self.request, msg)
-                tu.send(self.socket, self.host, self.port, self.conn, self.ack)
+                ack = self.ack
+                if self.request is not None:
+                    ack = self.ack = build_ack(self.request, msg)
+                    self.request = None
+                if ack is not None:
+                    tu.send(self.socket, self.host, self.port, self.conn, ack)
                 if self.reliable:
                     self.state = TxState.TERMINATED
                     tu.client_response(self, msg)
@@ -334,6 +344,7 @@ class ClientTransaction:
             return
         if state in (TxState.TRYING, TxState.PROCEEDING):
             self._stop_timers()
+            self.request = None
             self.state = TxState.COMPLETED
             tu.client_response(self, msg)
             if self.reliable:
@@ -350,6 +361,7 @@ class ClientTransaction:
         if self.state is TxState.TERMINATED:
             return
         self._stop_timers()
+        self.request = None
         self.state = TxState.TERMINATED
         self.tu.client_terminated(self)
 

@@ -72,3 +72,8 @@ def test_metrics_after_a_call(
     assert ("sipdlg_event_loop_lag_seconds", ()) in m
     assert m[("sipdlg_event_loop_lag_samples_seconds_count", ())] >= 1
     assert m[("sipdlg_ended_records", ())] == 1
+    # app/gc_policy.py: what start-up allocated is frozen out of the collector's scans.
+    assert m[("sipdlg_gc_frozen_objects", ())] > 10_000
+    assert ("sipdlg_gc_pause_seconds_count", ()) in m  # collections happen as load allocates
+    assert 0 <= m[("sipdlg_gc_pause_max_seconds", ())] < 5
+    assert m[("sipdlg_gc_rescans_total", ())] == 0
