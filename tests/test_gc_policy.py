@@ -74,3 +74,13 @@ def test_stop_removes_the_callback(policy: GcPolicy) -> None:
     count = sum(policy.pauses)
     gc.collect(0)
     assert sum(policy.pauses) == count
+
+
+def test_rescan_period_setting() -> None:
+    from app.config import ConfigError, load_settings
+
+    assert load_settings({}, None, {}).gc_rescan_period == 3600
+    assert load_settings({"gc_rescan_period": 0}, None, {}).gc_rescan_period == 0
+    assert load_settings({}, None, {"SIPDLG_GC_RESCAN_PERIOD": "60"}).gc_rescan_period == 60
+    with pytest.raises(ConfigError, match="gc_rescan_period"):
+        load_settings({"gc_rescan_period": -1}, None, {})
