@@ -2,11 +2,13 @@
 
 OpenSIPS ``db_mode`` semantics (reference §5.5):
 
-* ``realtime``: ``SipService.flush`` calls :meth:`Persistence.write_dirty` *before* it writes
-  the outbox, so a dialog's confirmed state is committed before its 2xx is forwarded and every
-  later change before the message that caused it leaves.  All dialogs changed since the last
-  flush go in one transaction (group commit); the server coalesces flushes per event-loop
-  iteration so one commit covers every datagram read in it.
+* ``realtime``: a dialog's confirmed state is committed before its 2xx is forwarded and every
+  later change before the message that caused it leaves.  ``SipService.feed`` sends at once
+  what does not depend on a commit and leaves the rest in :attr:`Persistence.waiting`; one
+  transaction then covers every dialog changed since the last one (group commit), at most
+  every ``COMMIT_INTERVAL``.  With ``--db-sync off|normal`` a commit only appends to the WAL
+  and runs on the event loop (:meth:`Persistence.commit_inline`); with ``full`` (an fsync per
+  commit) it runs on a writer thread and the held messages are released when it is done.
 * ``delayed``: dirty dialogs are written every ``--db-update-period`` seconds and at shutdown.
 * ``shutdown``: the whole table is written at a clean stop (and emptied after a restore, so a
   crash never resurrects calls that ended since).
@@ -47,8 +49,8 @@ MAX_PENDING_ENDED = 100_000
 PRUNE_EVERY = 3600.0
 #: Realtime: a commit starts at most this long after the previous one started.  Idle, a
 #: change is committed at once; under load each commit takes everything that queued up in
-#: the meantime, so the cost of a commit (WAL frames, the GIL hand-offs of the writer
-#: thread) is shared by more dialogs.  Held messages wait at most this much longer.
+#: the meantime, so the cost of a commit (WAL frames, the writer thread's GIL hand-offs) is
+#: shared by more dialogs.  Held messages wait at most this much longer.
 COMMIT_INTERVAL = 0.005
 
 
@@ -143,12 +145,18 @@ class Persistence:
         mode: str = "realtime",
         update_period: float = 60.0,
         retention: float = 7 * 86400.0,
+        writer_thread: bool = False,
     ) -> None:
         if mode not in DB_MODES:
             raise ValueError(f"db_mode must be one of {', '.join(DB_MODES)}")
         self.engine = engine
         self.store = store
         self.mode = mode
+        #: Realtime commits on a writer thread (``--db-sync full``: an fsync per commit must
+        #: not stop the event loop) or on the loop itself (off, normal: a commit only writes
+        #: to the WAL, and the thread hand-offs cost more than the commit; see
+        #: docs/performance.md).
+        self.writer_thread = writer_thread
         self.realtime = mode == "realtime"
         self.update_period = update_period
         self.retention = retention
@@ -173,6 +181,7 @@ class Persistence:
         self.waiting: list[Any] = []
         self.dirty_callids: set[str] = set()
         self.unsettled: dict[str, int] = {}
+        self.last_commit = -1.0
         self.release: Callable[[list[Any]], None] | None = None
         self._ended_hook: Callable[[Dialog], None] | None = None
 
@@ -306,6 +315,23 @@ class Persistence:
         self.in_flight[-1].held.extend(items)
         return True
 
+    def commit_inline(self, outbox: list[Any], now: float) -> list[Any] | None:
+        """Realtime without a writer thread: commit on this thread, at most every
+        COMMIT_INTERVAL; returns what may leave now, or None if the commit is not due yet
+        (``outbox`` then joins the waiting messages)."""
+        if not (self.engine.dirty or self.pending_ended):
+            items = self.waiting + outbox if self.waiting else outbox[:]
+            self.waiting = []
+            return items
+        if now < self.last_commit + COMMIT_INTERVAL:
+            self.waiting.extend(outbox)
+            return None
+        self.last_commit = now
+        self.write_dirty()
+        items = self.waiting + outbox if self.waiting else outbox[:]
+        self.waiting = []
+        return items
+
     def route(self, outbox: list[Any]) -> list[Any]:
         """Realtime: commit what is dirty with the waiting messages and ``outbox`` behind it;
         returns the messages that may leave now (none if a commit is needed or in flight)."""
@@ -436,6 +462,7 @@ class Persistence:
         self.prune()
         if self.realtime and release is not None:
             self.release = release
+        if self.realtime and release is not None and self.writer_thread:
             self.writer = _Writer(self.store, loop or asyncio.get_running_loop(), self._committed)
             self.writer.start()
         self._task = asyncio.get_running_loop().create_task(self._background())
@@ -518,4 +545,5 @@ def open_persistence(settings: Any, engine: Engine) -> Persistence | None:
         mode=settings.db_mode,
         update_period=settings.db_update_period,
         retention=settings.ended_retention,
+        writer_thread=settings.db_sync == "full",
     )

@@ -19,7 +19,7 @@ from engine.proxy import VERSION, Engine, EngineConfig
 from .config import Settings
 from .gc_policy import GcPolicy
 from .lifecycle import Lifecycle
-from .persistence import Persistence, open_persistence
+from .persistence import COMMIT_INTERVAL, Persistence, open_persistence
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
@@ -124,7 +124,7 @@ class SipService:
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
             engine.stats.parse_errors += 1
-        if db is None or db.writer is None:
+        if db is None or not db.realtime or (db.writer is None and db.release is None):
             self.flush()
             return
         # Realtime: what this message caused waits for the commit of the dialogs it changed
@@ -179,9 +179,20 @@ class SipService:
         if db is not None and db.realtime:
             # Durable before the messages that caused it go out: the writer thread commits,
             # then releases them (and everything queued behind them, to keep the order).
-            if db.writer is None:
+            if db.writer is None and db.release is None:
                 if engine.dirty or db.pending_ended:
                     db.write_dirty()
+            elif db.writer is None:
+                now = self.loop.time()
+                ready = db.commit_inline(outbox, now)
+                outbox.clear()
+                if ready is None:
+                    if self._flush_handle is None:
+                        self._flush_handle = self.loop.call_at(
+                            db.last_commit + COMMIT_INTERVAL, self._flush_soon
+                        )
+                else:
+                    outbox.extend(ready)
             elif outbox or db.waiting or engine.dirty or db.pending_ended:
                 outbox[:] = db.route(outbox)
         if outbox:

@@ -114,23 +114,27 @@ def end_all(server: SipdlgProcess, ids: list[str]) -> None:
 # ------------------------------------------------------------------------------ crash
 
 
+@pytest.mark.parametrize("db_sync", ["normal", "full"])
 def test_kill9_restart_100_calls(
     sipp: Callable[..., Sipp],
     sipp_uas: Callable[..., Sipp],
     sipdlg_server: Callable[..., SipdlgProcess],
     tmp_path: Path,
+    db_sync: str,
 ) -> None:
     """100 established calls, kill -9, restart on the same file: same 100 IDs in state 4;
-    dlg_end_dlg on each reaches both parties with a higher CSeq; zero calls lost."""
+    dlg_end_dlg on each reaches both parties with a higher CSeq; zero calls lost.  With
+    ``--db-sync normal`` realtime commits run on the event loop, with ``full`` on the writer
+    thread (app/persistence.py)."""
     db = db_url(tmp_path / "dlg.db")
     uas = sipp_uas("uas_answer")
-    server = sipdlg_server(uas_port=uas.port, db=db)
+    server = sipdlg_server(uas_port=uas.port, db=db, db_sync=db_sync)
     uac = sipp("uac_wait_bye", remote=server.sip_address, calls=100, rate=50, timeout=120)
     uac.start()
     before = wait_dialogs(server, 100)
     kill9(server)
 
-    server2 = restart(sipdlg_server, server, "sipdlg-after-kill", db=db)
+    server2 = restart(sipdlg_server, server, "sipdlg-after-kill", db=db, db_sync=db_sync)
     after = wait_dialogs(server2, 100, timeout=5)
     assert sorted(d["ID"] for d in after) == sorted(d["ID"] for d in before)
     assert {d["ID"]: d["db_id"] for d in after} == {d["ID"]: d["db_id"] for d in before}
