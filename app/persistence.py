@@ -38,6 +38,7 @@ from engine.dlg_db import (
     ended_record,
     expire,
     restore_dialogs,
+    state_row,
 )
 from engine.proxy import Engine
 
@@ -232,10 +233,14 @@ class Persistence:
         persisted = self.persisted
         wall_offset = eng.wall_offset
         now = eng.wall()
+        state_only = eng.state_only
         for dlg in dirty:
             state = dlg.state
             if state in STORED_STATES:
-                upserts.append(dialog_row(dlg, wall_offset, now))
+                if dlg in state_only and dlg.db_id in persisted:
+                    upserts.append(state_row(dlg, now))
+                else:
+                    upserts.append(dialog_row(dlg, wall_offset, now))
                 persisted.add(dlg.db_id)
             elif state is DlgState.DELETED and dlg.db_id in persisted:
                 deletes.append(dlg.db_id)
@@ -243,6 +248,7 @@ class Persistence:
         ended = list(self.pending_ended)
         batch = _Batch((upserts, deletes, ended), list(dirty), [])
         dirty.clear()
+        state_only.clear()
         self.dirty_callids.clear()
         self.pending_ended.clear()
         if not (upserts or deletes or ended):
@@ -387,6 +393,7 @@ class Persistence:
         self.pending_ended.clear()
         if self.mode != "shutdown":
             eng.dirty.clear()
+            eng.state_only.clear()
 
     def _failed(self, exc: DbError) -> None:
         self.failures += 1
@@ -422,6 +429,7 @@ class Persistence:
         # Re-arming the lifetimes marked them dirty: they are stored already.
         eng.dirty.clear()
         eng.dirty.update(before)
+        eng.state_only.intersection_update(before)
         self.persisted.update(d.db_id for d in restored)
         ping = getattr(eng.config, "ping", "none")
         if ping != "none":

@@ -160,6 +160,9 @@ def _in_chunks(db: sqlite3.Connection, by_size: dict[int, str], rows: Sequence[A
             start += size
 
 
+#: The length of a :func:`state_row` among the rows to upsert (a whole row has 27 columns).
+STATE_ROW_LEN = 3
+
 #: States worth storing: an answered call (OpenSIPS inserts the row at confirmation).
 STORED_STATES = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
 
@@ -221,6 +224,12 @@ def dialog_row(dlg: Dialog, wall_offset: float, now_wall: float) -> tuple[Any, .
         dlg.created + wall_offset,
         now_wall,
     )
+
+
+def state_row(dlg: Dialog, now_wall: float) -> tuple[Any, ...]:
+    """A dialog whose state alone changed since its row was written: ``(state, updated,
+    db_id)``, applied as a one-column update (see :func:`dialog_row` for the whole row)."""
+    return (int(dlg.state), now_wall, dlg.db_id)
 
 
 def split_socket(text: str) -> tuple[str, str, int]:
@@ -448,8 +457,9 @@ class DialogStore(abc.ABC):
         *,
         replace_all: bool = False,
     ) -> None:
-        """In one transaction: delete ``deletes`` (db_ids), upsert ``upserts`` (rows), add
-        ``ended`` records.  ``replace_all`` first empties the dialogs table (``dlg_db_sync``).
+        """In one transaction: upsert ``upserts`` (whole rows from :func:`dialog_row`, or
+        :func:`state_row` updates), delete ``deletes`` (db_ids), add ``ended`` records.
+        ``replace_all`` first empties the dialogs table (``dlg_db_sync``).
         Raises DbError; nothing is written then."""
 
     def write_batches(self, batches: Sequence[ChangeSet]) -> None:
@@ -684,8 +694,16 @@ class SqliteStore(DialogStore):
                 if replace_all:
                     db.execute("DELETE FROM dialogs")
                 for upserts, deletes, ended in batches:
-                    if upserts:
-                        _in_chunks(db, _UPSERT_BY_SIZE, upserts)
+                    rows = [r for r in upserts if len(r) > STATE_ROW_LEN]
+                    if rows:
+                        _in_chunks(db, _UPSERT_BY_SIZE, rows)
+                    if len(rows) < len(upserts):
+                        # States only grow: max() keeps a later whole row's state if the
+                        # group holds both for one dialog.
+                        db.executemany(
+                            "UPDATE dialogs SET state = max(state, ?), updated = ? WHERE db_id = ?",
+                            [r for r in upserts if len(r) == STATE_ROW_LEN],
+                        )
                     if deletes:
                         _in_chunks(db, _DELETE_BY_SIZE, deletes)
                     if ended:

@@ -276,7 +276,7 @@ def route_in_dialog(
     if method == "ACK":
         old = dlg.apply(DlgEvent.ACK)
         if old is not None:
-            eng.mark_dirty(dlg)
+            eng.mark_state(dlg)
             eng.notify(dlg, old)
     elif method in ("INVITE", "UPDATE"):
         contact = msg.contact

@@ -95,6 +95,8 @@ class Engine:
         #: Dialogs changed since the shell last saved them (persistence); filled by
         #: ``mark_dirty`` only while ``track_dirty`` is set, emptied by the shell.
         self.dirty: set[Dialog] = set()
+        #: The dirty dialogs whose state is all that changed (a subset of ``dirty``).
+        self.state_only: set[Dialog] = set()
         self.track_dirty = False
         #: Calls to ``mark_dirty`` so far, and the Call-ID of the last message received: the
         #: shell holds back only what a message caused when that message changed a dialog
@@ -155,6 +157,16 @@ class Engine:
         """Note that ``dlg`` changed in a way worth persisting (see engine/dlg_db.py)."""
         if self.track_dirty:
             self.dirty.add(dlg)
+            self.state_only.discard(dlg)
+            self.dirty_marks += 1
+
+    def mark_state(self, dlg: Dialog) -> None:
+        """Like :meth:`mark_dirty` when only the state changed (the ACK's 3 to 4): the store
+        can update one column instead of writing the whole row again."""
+        if self.track_dirty:
+            if dlg not in self.dirty:
+                self.dirty.add(dlg)
+                self.state_only.add(dlg)
             self.dirty_marks += 1
 
     def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str = "") -> bool:

@@ -13,6 +13,7 @@ from test_engine_kit import CALLEE, TCP, UDP, Call, Rig, one
 
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket
 from engine.dlg_db import (
+    DIALOG_COLUMNS,
     SCHEMA_VERSION,
     DbError,
     SqliteStore,
@@ -21,6 +22,7 @@ from engine.dlg_db import (
     open_store,
     parse_db_url,
     restore_dialogs,
+    state_row,
 )
 from engine.proxy import Engine
 
@@ -247,3 +249,40 @@ def test_db_urls(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unsupported"):
         parse_db_url("mysql://h/db")
     assert open_store("none", 4096) is None
+
+
+def test_ack_writes_only_the_state(tmp_path: Path) -> None:
+    """The ACK's 3 to 4 is a one-column update of the row the 200 wrote; any other change in
+    the same group makes it a whole row again."""
+    from app.persistence import Persistence
+
+    rig = Rig()
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    db = Persistence(rig.eng, store)
+    call = Call(1)
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+    assert db.write_dirty()
+    (row,) = store.load()
+    rig.recv(call.ack(ok))
+    (dlg,) = rig.eng.dirty
+    assert rig.eng.state_only == {dlg}
+    batch = db._changes()
+    assert batch is not None
+    assert batch.changes[0] == [state_row(dlg, rig.eng.wall())]
+    store.write_batches([batch.changes])
+    (after,) = store.load()
+    state = DIALOG_COLUMNS.index("state")
+    updated = DIALOG_COLUMNS.index("updated")
+    assert after[state] == int(DlgState.CONFIRMED) and row[state] == int(DlgState.CONFIRMED_NA)
+    assert [v for i, v in enumerate(after) if i not in (state, updated)] == [
+        v for i, v in enumerate(row) if i not in (state, updated)
+    ]
+    # A re-INVITE after the ACK, before the next write: the whole row again.
+    rig.recv(call.ack(ok))  # a retransmitted ACK changes nothing
+    assert not rig.eng.dirty
+    rig.recv(call.in_dialog("INVITE", ok))
+    assert rig.eng.dirty == {dlg} and not rig.eng.state_only
+    batch = db._changes()
+    assert batch is not None and len(batch.changes[0][0]) == len(DIALOG_COLUMNS)
+    store.close()
