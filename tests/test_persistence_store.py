@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_engine_kit import CALLEE, TCP, UDP, Call, Rig, one
@@ -285,4 +286,36 @@ def test_ack_writes_only_the_state(tmp_path: Path) -> None:
     assert rig.eng.dirty == {dlg} and not rig.eng.state_only
     batch = db._changes()
     assert batch is not None and len(batch.changes[0][0]) == len(DIALOG_COLUMNS)
+    store.close()
+
+
+def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) -> None:
+    """Realtime on the event loop with a failing disk: the messages still leave (calls do
+    not stall), the dialog stays dirty and is written by the next commit that works."""
+    from app.persistence import COMMIT_INTERVAL, Persistence
+
+    class FailingStore(SqliteStore):
+        failing = True
+
+        def write(self, *args: Any, **kwargs: Any) -> None:
+            if self.failing:
+                raise DbError("disk full")
+            super().write(*args, **kwargs)
+
+    rig = Rig()
+    store = FailingStore(str(tmp_path / "d.db"), 4096)
+    db = Persistence(rig.eng, store)
+    db.release = lambda items: None  # started, realtime, no writer thread: commits inline
+    call = Call(1)
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE)
+    (dlg,) = rig.eng.dirty
+    assert db.commit_inline(["200 OK"], now=10.0) == ["200 OK"]
+    assert db.failures == 1 and rig.eng.dirty == {dlg} and store.load() == []
+    store.failing = False
+    assert db.commit_inline(["ACK"], now=10.0 + COMMIT_INTERVAL / 2) is None  # not due yet
+    assert db.waiting == ["ACK"]
+    assert db.commit_inline([], now=10.0 + COMMIT_INTERVAL) == ["ACK"]
+    assert [r[0] for r in store.load()] == [dlg.db_id] and not rig.eng.dirty
+    assert db.failures == 1
     store.close()
