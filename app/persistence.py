@@ -287,12 +287,11 @@ class Persistence:
 
     # -- realtime: the writer thread ----------------------------------------------------------
 
-    def note_dirty(self) -> None:
-        """Realtime: a message just changed dialogs; what any of their calls sends from now on
-        waits for the commit that makes the change durable."""
-        add = self.dirty_callids.add
-        for dlg in self.engine.dirty:
-            add(dlg.callid)
+    def note_dirty(self, callid: str) -> None:
+        """Realtime: a message of ``callid`` just changed its dialogs (a message only ever
+        changes dialogs of its own Call-ID: they are matched by it); what that call sends
+        from now on waits for the commit that makes the change durable."""
+        self.dirty_callids.add(callid)
 
     def must_wait(self, callid: str) -> bool:
         """Whether a message of ``callid`` must queue behind a change not yet committed."""

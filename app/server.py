@@ -133,7 +133,7 @@ class SipService:
         outbox = engine.outbox
         if outbox:
             if engine.dirty_marks != marks:
-                db.note_dirty()
+                db.note_dirty(engine.last_callid)
                 db.waiting.extend(outbox)
             elif db.must_wait(engine.last_callid):
                 db.waiting.extend(outbox)
@@ -142,7 +142,7 @@ class SipService:
                     self._send(item)
             outbox.clear()
         elif engine.dirty_marks != marks:
-            db.note_dirty()
+            db.note_dirty(engine.last_callid)
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush_soon)
 
