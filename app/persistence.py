@@ -325,14 +325,16 @@ class Persistence:
         COMMIT_INTERVAL; returns what may leave now, or None if the commit is not due yet
         (``outbox`` then joins the waiting messages)."""
         if not (self.engine.dirty or self.pending_ended):
-            items = self.waiting + outbox if self.waiting else outbox[:]
-            self.waiting = []
-            return items
+            return self._take_waiting(outbox)
         if now < self.last_commit + COMMIT_INTERVAL:
             self.waiting.extend(outbox)
             return None
         self.last_commit = now
         self.write_dirty()
+        return self._take_waiting(outbox)
+
+    def _take_waiting(self, outbox: list[Any]) -> list[Any]:
+        """The waiting messages, then ``outbox``, in order; nothing waits any more."""
         items = self.waiting + outbox if self.waiting else outbox[:]
         self.waiting = []
         return items
@@ -340,10 +342,7 @@ class Persistence:
     def route(self, outbox: list[Any]) -> list[Any]:
         """Realtime: commit what is dirty with the waiting messages and ``outbox`` behind it;
         returns the messages that may leave now (none if a commit is needed or in flight)."""
-        items = outbox[:]
-        if self.waiting:
-            items[:0] = self.waiting
-            self.waiting = []
+        items = self._take_waiting(outbox)
         if (self.engine.dirty or self.pending_ended) and self.submit(items):
             return []
         if self.hold(items):

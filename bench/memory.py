@@ -39,6 +39,21 @@ KIB = 1024
 # ------------------------------------------------------------------------------ sipp
 
 
+def warm_up(tmp: Path, server: SipdlgProcess, calls: int, rate: int) -> None:
+    """Short calls first, so code paths, caches and tables exist before the "before" figure."""
+    Sipp(
+        "uac",
+        workdir=tmp,
+        remote=server.sip_address,
+        calls=calls,
+        rate=rate,
+        pause_ms=0,
+        timeout=60,
+        trace_msg=False,
+        name="warmup",
+    ).run()
+
+
 def bench_sipp(calls: int, rate: int, db: str, settle: float) -> None:
     print(f"## sipp: {calls} held calls through sipdlg serve (--db {db}), SIPp uac/uas built-in")
     with tempfile.TemporaryDirectory(prefix="sipdlg-mem-") as tmpdir:
@@ -58,18 +73,7 @@ def bench_sipp(calls: int, rate: int, db: str, settle: float) -> None:
             pid = server.proc.pid
             mi = Mi("127.0.0.1", server.mi_port)
             # Warm-up: short calls so code paths, caches and the tables exist before "before".
-            warm = Sipp(
-                "uac",
-                workdir=tmp,
-                remote=server.sip_address,
-                calls=500,
-                rate=250,
-                pause_ms=0,
-                timeout=60,
-                trace_msg=False,
-                name="warmup",
-            )
-            warm.run()
+            warm_up(tmp, server, calls=500, rate=250)
             time.sleep(3)
             gc_note = mi.stat("active_dialogs")
             rss0 = rss_bytes(pid)
@@ -184,18 +188,7 @@ def bench_server_trace(calls: int, rate: int, settle: float, top: int) -> None:
                     time.sleep(0.2)
                 return tracemalloc.Snapshot.load(str(tmp / f"snap{n}.bin"))
 
-            warm = Sipp(
-                "uac",
-                workdir=tmp,
-                remote=server.sip_address,
-                calls=300,
-                rate=150,
-                pause_ms=0,
-                timeout=60,
-                trace_msg=False,
-                name="warmup",
-            )
-            warm.run()
+            warm_up(tmp, server, calls=300, rate=150)
             time.sleep(35)  # the warm-up's transactions end
             base = snapshot(1)
             uac = Sipp(

@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
+from _common import cpu_seconds  # noqa: E402
 from engine_calls import PROXY, UAC, UAS, in_dialog, invite, reply_to  # noqa: E402
 
 from app.persistence import Persistence  # noqa: E402
@@ -126,13 +127,6 @@ def bench_engine(calls: int, repeat: int = 3) -> None:
 # --------------------------------------------------------------------------------- sipp
 
 
-def _cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """CPU time of a process, or of one of its threads (``tid == pid``: the event loop)."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def sipp_step(
     tmp: Path, rate: int, seconds: float, db: str
 ) -> tuple[bool, tuple[float, float], str]:
@@ -150,7 +144,7 @@ def sipp_step(
     ).start()
     assert server.proc is not None
     pid = server.proc.pid
-    cpu0, loop0 = _cpu_seconds(pid), _cpu_seconds(pid, pid)
+    cpu0, loop0 = cpu_seconds(pid), cpu_seconds(pid, pid)
     uac = Sipp(
         "uac",
         workdir=tmp,
@@ -162,8 +156,8 @@ def sipp_step(
         name=f"uac-{tag}",
     )
     res = uac.run(timeout=seconds + 40)
-    cpu = _cpu_seconds(pid) - cpu0
-    loop_cpu = _cpu_seconds(pid, pid) - loop0
+    cpu = cpu_seconds(pid) - cpu0
+    loop_cpu = cpu_seconds(pid, pid) - loop0
     server.stop()
     uas.stop()
     st = res.stats
@@ -213,7 +207,7 @@ def synth(n: int, sock: Socket, now: float) -> Dialog:
         caller_contact=f"sip:caller@10.0.{n % 250}.1:5060",
         caller_socket=sock,
         invite_cseq=1,
-        caller_route_set=["<sip:10.1.0.1;lr>"],
+        caller_route_set=("<sip:10.1.0.1;lr>",),
         caller_sdp="v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
         "m=audio 4000 RTP/AVP 0\r\n",
         caller_source=("udp", "10.0.0.1", 5060),
@@ -222,7 +216,7 @@ def synth(n: int, sock: Socket, now: float) -> Dialog:
                 tag=f"t{n}",
                 contact=f"sip:callee@10.2.{n % 250}.1:5060",
                 caller_cseq=1,
-                route_set=["<sip:10.3.0.1;lr>"],
+                route_set=("<sip:10.3.0.1;lr>",),
                 socket=sock,
                 sdp="v=0\r\no=- 2 2 IN IP4 10.2.0.1\r\ns=-\r\nc=IN IP4 10.2.0.1\r\nt=0 0\r\n"
                 "m=audio 5000 RTP/AVP 0\r\n",
