@@ -34,6 +34,7 @@ from engine.dlg_db import (
     ChangeSet,
     DbError,
     DialogStore,
+    SqliteStore,
     dialog_row,
     ended_record,
     expire,
@@ -153,10 +154,9 @@ class Persistence:
         self.engine = engine
         self.store = store
         self.mode = mode
-        #: Realtime commits on a writer thread (``--db-sync full``: an fsync per commit must
-        #: not stop the event loop) or on the loop itself (off, normal: a commit only writes
-        #: to the WAL, and the thread hand-offs cost more than the commit; see
-        #: docs/performance.md).
+        #: Realtime commits run in a writer process (app/db_writer.py: SQLite's work on the
+        #: other core), on a writer thread with ``--db-sync full`` (an fsync per commit), or on
+        #: the event loop if the process died or the store is not SQLite (docs/performance.md).
         self.writer_thread = writer_thread
         self.realtime = mode == "realtime"
         self.update_period = update_period
@@ -173,7 +173,7 @@ class Persistence:
         self._task: asyncio.Task[None] | None = None
         #: Realtime: the writer thread, the batches it has not finished, and how held
         #: messages are sent once their batch is committed (set by :meth:`start`).
-        self.writer: _Writer | None = None
+        self.writer: Any = None  # _Writer, db_writer.ProcessWriter or None
         self.in_flight: deque[_Batch] = deque()
         #: Realtime: messages that wait for the next commit, the Call-IDs with changes not
         #: yet handed to the writer, and the Call-IDs in batches not yet committed (a count
@@ -472,7 +472,21 @@ class Persistence:
         if self.realtime and release is not None and self.writer_thread:
             self.writer = _Writer(self.store, loop or asyncio.get_running_loop(), self._committed)
             self.writer.start()
+        elif self.realtime and release is not None and isinstance(self.store, SqliteStore):
+            from .db_writer import ProcessWriter
+
+            self.writer = ProcessWriter(
+                self.store.path,
+                self.store.synchronous,
+                loop or asyncio.get_running_loop(),
+                self._committed,
+                self._writer_died,
+            )
         self._task = asyncio.get_running_loop().create_task(self._background())
+
+    def _writer_died(self) -> None:
+        """The writer process is gone: commit on the event loop from now on."""
+        self.writer = None
 
     async def _background(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
