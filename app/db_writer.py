@@ -17,6 +17,7 @@ import asyncio
 import logging
 import marshal
 import multiprocessing
+import os
 import signal
 import sqlite3
 from collections import deque
@@ -97,6 +98,9 @@ class ProcessWriter:
         self.number = 0
         self.alive = True
         loop.add_reader(self.conn.fileno(), self._on_readable)
+        # uvloop makes a watched descriptor non-blocking; the pipe's reads and writes here are
+        # whole messages (sends may wait for the child, drain() waits for its answers).
+        os.set_blocking(self.conn.fileno(), True)
 
     def submit(self, batch: Any) -> None:
         upserts, deletes, ended = batch.changes
