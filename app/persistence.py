@@ -34,6 +34,7 @@ from engine.dlg_db import (
     ChangeSet,
     DbError,
     DialogStore,
+    SqliteStore,
     dialog_row,
     ended_record,
     expire,
@@ -153,10 +154,9 @@ class Persistence:
         self.engine = engine
         self.store = store
         self.mode = mode
-        #: Realtime commits on a writer thread (``--db-sync full``: an fsync per commit must
-        #: not stop the event loop) or on the loop itself (off, normal: a commit only writes
-        #: to the WAL, and the thread hand-offs cost more than the commit; see
-        #: docs/performance.md).
+        #: Realtime commits run in a writer process (app/db_writer.py: SQLite's work on the
+        #: other core), on a writer thread with ``--db-sync full`` (an fsync per commit), or on
+        #: the event loop if the process died or the store is not SQLite (docs/performance.md).
         self.writer_thread = writer_thread
         self.realtime = mode == "realtime"
         self.update_period = update_period
@@ -173,7 +173,7 @@ class Persistence:
         self._task: asyncio.Task[None] | None = None
         #: Realtime: the writer thread, the batches it has not finished, and how held
         #: messages are sent once their batch is committed (set by :meth:`start`).
-        self.writer: _Writer | None = None
+        self.writer: Any = None  # _Writer, db_writer.ProcessWriter or None
         self.in_flight: deque[_Batch] = deque()
         #: Realtime: messages that wait for the next commit, the Call-IDs with changes not
         #: yet handed to the writer, and the Call-IDs in batches not yet committed (a count
@@ -184,6 +184,7 @@ class Persistence:
         self.unsettled: dict[str, int] = {}
         self.last_commit = -1.0
         self.release: Callable[[list[Any]], None] | None = None
+        self.wake: Callable[[], None] | None = None
         self._ended_hook: Callable[[Dialog], None] | None = None
 
     # -- ended-call records -------------------------------------------------------------------
@@ -339,12 +340,22 @@ class Persistence:
         self.waiting = []
         return items
 
-    def route(self, outbox: list[Any]) -> list[Any]:
-        """Realtime: commit what is dirty with the waiting messages and ``outbox`` behind it;
-        returns the messages that may leave now (none if a commit is needed or in flight)."""
+    def route(self, outbox: list[Any], now: float) -> list[Any] | None:
+        """Realtime with a writer: hand what is dirty to it, with the waiting messages and
+        ``outbox`` behind it; returns the messages that may leave now (none if they wait for
+        a commit).  One group is in flight at a time and groups start at most every
+        COMMIT_INTERVAL, so a group carries everything that changed meanwhile and the loop
+        pays one hand-off per group, not per message.  None: the group is not due yet, the
+        messages wait (the caller flushes again at ``last_commit + COMMIT_INTERVAL`` or when
+        the group in flight is done)."""
         items = self._take_waiting(outbox)
-        if (self.engine.dirty or self.pending_ended) and self.submit(items):
-            return []
+        if self.engine.dirty or self.pending_ended:
+            if self.in_flight or now < self.last_commit + COMMIT_INTERVAL:
+                self.waiting = items
+                return None
+            self.last_commit = now
+            if self.submit(items):
+                return []
         if self.hold(items):
             return []
         return items
@@ -370,6 +381,8 @@ class Persistence:
                     unsettled.pop(dlg.callid, None)
             if release is not None and b.held:
                 release(b.held)
+        if self.wake is not None and (self.waiting or self.engine.dirty or self.pending_ended):
+            self.wake()  # the next group is due
 
     async def settle(self) -> None:
         """Wait until every commit in flight is done and its messages released."""
@@ -462,16 +475,33 @@ class Persistence:
         self,
         release: Callable[[list[Any]], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         """Background work; in realtime mode with ``release`` (the server's sender), commits
-        run on a writer thread and held messages are released through ``release``."""
+        run in a writer process (or thread) and held messages are released through
+        ``release``; ``wake`` asks the server to flush when a group is done and more wait."""
         self.prune()
         if self.realtime and release is not None:
             self.release = release
+            self.wake = wake
         if self.realtime and release is not None and self.writer_thread:
             self.writer = _Writer(self.store, loop or asyncio.get_running_loop(), self._committed)
             self.writer.start()
+        elif self.realtime and release is not None and isinstance(self.store, SqliteStore):
+            from .db_writer import ProcessWriter
+
+            self.writer = ProcessWriter(
+                self.store.path,
+                self.store.synchronous,
+                loop or asyncio.get_running_loop(),
+                self._committed,
+                self._writer_died,
+            )
         self._task = asyncio.get_running_loop().create_task(self._background())
+
+    def _writer_died(self) -> None:
+        """The writer process is gone: commit on the event loop from now on."""
+        self.writer = None
 
     async def _background(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY

@@ -97,7 +97,7 @@ class SipService:
         await self.lifecycle.start()
         if self.db is not None:
             self.db.expire(expired)  # lifetime over while down: "Lifetime Timeout", BYEs
-            self.db.start(self._release, self.loop)
+            self.db.start(self._release, self.loop, self._wake)
             self.flush()
 
     async def stop(self) -> None:
@@ -160,6 +160,11 @@ class SipService:
         for item in items:
             self._send(item)
 
+    def _wake(self) -> None:
+        """A commit group is done and more wait: flush in this loop iteration's callbacks."""
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
+
     def _flush_soon(self) -> None:
         self._flush_handle = None
         self.flush()
@@ -194,7 +199,15 @@ class SipService:
                 else:
                     outbox.extend(ready)
             elif outbox or db.waiting or engine.dirty or db.pending_ended:
-                outbox[:] = db.route(outbox)
+                ready = db.route(outbox, self.loop.time())
+                outbox.clear()
+                if ready is None:
+                    if self._flush_handle is None and not db.in_flight:
+                        self._flush_handle = self.loop.call_at(
+                            db.last_commit + COMMIT_INTERVAL, self._flush_soon
+                        )
+                else:
+                    outbox.extend(ready)
         if outbox:
             for item in outbox:
                 self._send(item)

@@ -163,6 +163,43 @@ def _in_chunks(db: sqlite3.Connection, by_size: dict[int, str], rows: Sequence[A
 #: The length of a :func:`state_row` among the rows to upsert (a whole row has 27 columns).
 STATE_ROW_LEN = 3
 
+
+def apply_changes(
+    db: sqlite3.Connection,
+    batches: Sequence[ChangeSet],
+    replace_all: bool = False,
+    ended_as_rows: bool = False,
+) -> None:
+    """Apply change sets in one transaction on ``db`` (the store's connection, or the writer
+    process's own).  ``ended_as_rows``: the ended-call records come as :func:`ended_row`
+    tuples already.  Raises sqlite3.Error; nothing is written then."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if replace_all:
+            db.execute("DELETE FROM dialogs")
+        for upserts, deletes, ended in batches:
+            rows = [r for r in upserts if len(r) > STATE_ROW_LEN]
+            if rows:
+                _in_chunks(db, _UPSERT_BY_SIZE, rows)
+            if len(rows) < len(upserts):
+                # States only grow: max() keeps a later whole row's state if the group holds
+                # both for one dialog.
+                db.executemany(
+                    "UPDATE dialogs SET state = max(state, ?), updated = ? WHERE db_id = ?",
+                    [r for r in upserts if len(r) == STATE_ROW_LEN],
+                )
+            if deletes:
+                _in_chunks(db, _DELETE_BY_SIZE, deletes)
+            if ended:
+                ended_rows = ended if ended_as_rows else [ended_row(r) for r in ended]
+                _in_chunks(db, _ENDED_BY_SIZE, ended_rows)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 #: States worth storing: an answered call (OpenSIPS inserts the row at confirmation).
 STORED_STATES = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
 
@@ -522,6 +559,7 @@ class SqliteStore(DialogStore):
 
     def __init__(self, path: str, hash_size: int, synchronous: str = "normal") -> None:
         self.path = path
+        self.synchronous = synchronous
         self.where = path
         self._lock_fd: int | None = None
         self.db: sqlite3.Connection | None = None
@@ -689,30 +727,7 @@ class SqliteStore(DialogStore):
         if db is None:
             raise DbError("database is closed")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if replace_all:
-                    db.execute("DELETE FROM dialogs")
-                for upserts, deletes, ended in batches:
-                    rows = [r for r in upserts if len(r) > STATE_ROW_LEN]
-                    if rows:
-                        _in_chunks(db, _UPSERT_BY_SIZE, rows)
-                    if len(rows) < len(upserts):
-                        # States only grow: max() keeps a later whole row's state if the
-                        # group holds both for one dialog.
-                        db.executemany(
-                            "UPDATE dialogs SET state = max(state, ?), updated = ? WHERE db_id = ?",
-                            [r for r in upserts if len(r) == STATE_ROW_LEN],
-                        )
-                    if deletes:
-                        _in_chunks(db, _DELETE_BY_SIZE, deletes)
-                    if ended:
-                        _in_chunks(db, _ENDED_BY_SIZE, [_ended_row(r) for r in ended])
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            apply_changes(db, batches, replace_all)
         except sqlite3.Error as exc:
             raise DbError(f"writing {self.path} failed: {exc}") from None
 
@@ -772,7 +787,7 @@ class SqliteStore(DialogStore):
                 os.close(fd)
 
 
-def _ended_row(record: dict[str, Any]) -> tuple[Any, ...]:
+def ended_row(record: dict[str, Any]) -> tuple[Any, ...]:
     return (
         int(record.get("db_id") or 0),
         str(record.get("ID") or record.get("id") or ""),

@@ -319,3 +319,43 @@ def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) ->
     assert [r[0] for r in store.load()] == [dlg.db_id] and not rig.eng.dirty
     assert db.failures == 1
     store.close()
+
+
+def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> None:
+    """Realtime commits go to the writer process; if it dies, the groups in flight fail
+    (dialogs dirty again, messages released) and commits continue on the event loop."""
+    import asyncio
+
+    from app.persistence import Persistence
+
+    async def scenario() -> None:
+        rig = Rig()
+        store = SqliteStore(str(tmp_path / "d.db"), 4096)
+        db = Persistence(rig.eng, store)
+        released: list[list[Any]] = []
+        db.start(released.append, asyncio.get_running_loop())
+        assert db.writer is not None and db.writer.proc.is_alive()
+        call = Call(1)
+        inv = one(rig.recv(call.invite()), method="INVITE")
+        ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+        (dlg,) = rig.eng.dirty
+        assert db.route(["200 OK"], 10.0) == []  # held until the child commits
+        await db.settle()
+        assert released == [["200 OK"]]
+        assert [r[0] for r in store.load()] == [dlg.db_id]
+        db.writer.proc.kill()
+        db.writer.proc.join()
+        rig.recv(call.ack(ok))
+        rig.recv(call.in_dialog("INVITE", ok))
+        assert rig.eng.dirty == {dlg}
+        db.route(["re-INVITE"], 20.0)
+        for _ in range(200):
+            if db.writer is None and not db.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert db.writer is None and db.failures == 1
+        assert released[-1] == ["re-INVITE"] and rig.eng.dirty == {dlg}  # sent, kept dirty
+        assert db.write_dirty() and not rig.eng.dirty  # the loop commits from now on
+        db.close()
+
+    asyncio.run(scenario())
