@@ -31,16 +31,25 @@ log = logging.getLogger("sipdlg.db")
 
 #: A group number that tells the child to close and exit.
 STOP = -1
+#: The child's first answer: its connection is open (or why not).
+READY = 0
+#: How long the parent waits for READY (the child imports Python and opens the file).
+START_TIMEOUT = 30.0
 
 
 def _child_main(conn: Connection, path: str, synchronous: str) -> None:
     """The writer process: apply each group, answer ``(number, error or "")``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when it is over
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    db = sqlite3.connect(path, isolation_level=None)
     try:
+        db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA busy_timeout=5000")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    except sqlite3.Error as exc:
+        conn.send_bytes(marshal.dumps((READY, f"opening {path} failed: {exc}")))
+        return
+    conn.send_bytes(marshal.dumps((READY, "")))
+    try:
         stopping = False
         while not stopping:
             # Everything that queued up while the last commit ran goes in one (group commit).
@@ -91,6 +100,19 @@ class ProcessWriter:
         self.proc.daemon = True
         self.proc.start()
         child.close()
+        # Wait until the child is ready, so the first calls do not wait for its start-up.
+        error = "it did not start"
+        try:
+            if self.conn.poll(START_TIMEOUT):
+                _, error = marshal.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass
+        if error:
+            self.conn.close()
+            self.proc.join(timeout=5)
+            if self.proc.is_alive():
+                self.proc.kill()
+            raise DbError(f"the database writer process: {error}")
         self.loop = loop
         self.done = done
         self.died = died

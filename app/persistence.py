@@ -490,13 +490,16 @@ class Persistence:
         elif self.realtime and release is not None and isinstance(self.store, SqliteStore):
             from .db_writer import ProcessWriter
 
-            self.writer = ProcessWriter(
-                self.store.path,
-                self.store.synchronous,
-                loop or asyncio.get_running_loop(),
-                self._committed,
-                self._writer_died,
-            )
+            try:
+                self.writer = ProcessWriter(
+                    self.store.path,
+                    self.store.synchronous,
+                    loop or asyncio.get_running_loop(),
+                    self._committed,
+                    self._writer_died,
+                )
+            except DbError as exc:
+                log.error("%s; committing on the event loop", exc)
         self._task = asyncio.get_running_loop().create_task(self._background())
 
     def _writer_died(self) -> None:

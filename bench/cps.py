@@ -15,8 +15,9 @@ passes when
 Search: the ``--rates`` ladder upwards until a step fails (a failing step is re-run once:
 the host is shared), then ``--refine`` bisection steps between the last pass and the first
 fail. Bounded: at most ``--max-steps`` steps and ``--max-minutes`` per configuration.
-sipdlg's CPU time per call (process and event-loop thread, /proc/PID/stat) is reported at
-every step: it is much less sensitive to noise than the pass/fail verdict.
+sipdlg's CPU time per call (the process with its children, i.e. the database writer process,
+and the event-loop thread alone; /proc/PID/stat) is reported at every step: it is much less
+sensitive to noise than the pass/fail verdict.
 
     python bench/cps.py                               # --db none, then the default (SQLite)
     python bench/cps.py --db none --rates 500,1000,1500
@@ -38,6 +39,7 @@ from _common import (
     ROOT,
     busy_cpus,
     cpu_seconds,
+    tree_cpu_seconds,
     print_header,
     pyspy_summary,
     rss_bytes,
@@ -173,7 +175,7 @@ def run_step(
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             )  # fmt: skip
             time.sleep(1.0)
-        cpu0, loop0 = cpu_seconds(pid), cpu_seconds(pid, pid)
+        cpu0, loop0 = tree_cpu_seconds(pid), cpu_seconds(pid, pid)
         uac = Sipp(
             "uac", workdir=tmp, remote=server.sip_address, calls=offered, rate=rate,
             pause_ms=pause_ms, timeout=seconds * 1.5 + 15, timeout_error=False,
@@ -183,7 +185,7 @@ def run_step(
             res = uac.run(timeout=seconds * 1.5 + 40)
         except SippError:  # overloaded SIPp past its -timeout: killed, counted as a failure
             res = uac.collect()
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = tree_cpu_seconds(pid) - cpu0
         loop_cpu = cpu_seconds(pid, pid) - loop0
         rss = rss_bytes(pid)
         gc_max = gc_max_pause(server.mi_url.replace("/mi", "/metrics"))
