@@ -39,10 +39,10 @@ from _common import (
     ROOT,
     busy_cpus,
     cpu_seconds,
-    tree_cpu_seconds,
     print_header,
     pyspy_summary,
     rss_bytes,
+    tree_cpu_seconds,
     wait_quiet,
 )
 from helpers import SipdlgProcess, Sipp, SippError
