@@ -1,6 +1,6 @@
 """Realtime commits in a child process: SQLite's work on the other core, no GIL shared.
 
-The event loop builds each group's rows (as before) and sends them through a pipe; the child
+The event loop builds each group's rows (as before) and sends them through a socket pair; the child
 applies them on its own connection to the same file (SQLite's file locks keep the two
 connections apart) and answers with the group's number.  The loop releases the messages
 held for that group when the answer arrives.  Measured: without SQLite's statements the
@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import marshal
-import multiprocessing
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from engine.dlg_db import DbError, apply_changes, ended_row
@@ -82,7 +85,9 @@ def _child_main(conn: Connection, path: str, synchronous: str) -> None:
 
 class ProcessWriter:
     """The parent's side: the same ``submit``/``drain``/``stop`` as the writer thread; ``done``
-    is called on the event loop with the groups committed, in order."""
+    is called on the event loop with the groups committed, in order.  The child is
+    ``python -m app.db_writer FD PATH SYNCHRONOUS`` on one end of a socket pair; it exits
+    when the pair closes, so it never outlives the server (even after a kill -9)."""
 
     def __init__(
         self,
@@ -92,14 +97,15 @@ class ProcessWriter:
         done: Callable[[list[Any], DbError | None], None],
         died: Callable[[], None],
     ) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_child_main, args=(child, path, synchronous), name="sipdlg-db-writer"
+        parent_sock, child_sock = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.db_writer", str(child_sock.fileno()), path, synchronous],
+            pass_fds=[child_sock.fileno()],
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
         )
-        self.proc.daemon = True
-        self.proc.start()
-        child.close()
+        child_sock.close()
+        self.conn = Connection(parent_sock.detach())
         # Wait until the child is ready, so the first calls do not wait for its start-up.
         error = "it did not start"
         try:
@@ -109,9 +115,7 @@ class ProcessWriter:
             pass
         if error:
             self.conn.close()
-            self.proc.join(timeout=5)
-            if self.proc.is_alive():
-                self.proc.kill()
+            self._reap()
             raise DbError(f"the database writer process: {error}")
         self.loop = loop
         self.done = done
@@ -188,6 +192,24 @@ class ProcessWriter:
             except (EOFError, OSError):
                 pass
             self._close_pipe()
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
+        self._reap()
+
+    def _reap(self) -> None:
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+
+
+def _child_env() -> dict[str, str]:
+    """The parent's environment, with this package importable (after PYTHONPATH's entries,
+    which may hold the compiled engine)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
+    return env
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3])

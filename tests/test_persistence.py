@@ -56,10 +56,36 @@ def wait_dialogs(
         time.sleep(0.2)
 
 
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, NotADirectoryError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
 def kill9(server: SipdlgProcess) -> None:
+    """SIGKILL the server; its database writer process (if any) must not outlive it."""
     assert server.proc is not None
+    kids = children(server.proc.pid)
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(k) for k in kids), "a child of the killed server is still running"
 
 
 def sigterm(server: SipdlgProcess) -> int:
@@ -124,14 +150,16 @@ def test_kill9_restart_100_calls(
 ) -> None:
     """100 established calls, kill -9, restart on the same file: same 100 IDs in state 4;
     dlg_end_dlg on each reaches both parties with a higher CSeq; zero calls lost.  With
-    ``--db-sync normal`` realtime commits run on the event loop, with ``full`` on the writer
-    thread (app/persistence.py)."""
+    ``--db-sync normal`` realtime commits run in the writer process (which exits with the
+    server), with ``full`` on the writer thread (app/persistence.py)."""
     db = db_url(tmp_path / "dlg.db")
     uas = sipp_uas("uas_answer")
     server = sipdlg_server(uas_port=uas.port, db=db, db_sync=db_sync)
     uac = sipp("uac_wait_bye", remote=server.sip_address, calls=100, rate=50, timeout=120)
     uac.start()
     before = wait_dialogs(server, 100)
+    assert server.proc is not None
+    assert len(children(server.proc.pid)) == (1 if db_sync == "normal" else 0)  # the writer
     kill9(server)
 
     server2 = restart(sipdlg_server, server, "sipdlg-after-kill", db=db, db_sync=db_sync)

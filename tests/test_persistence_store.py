@@ -334,7 +334,7 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
         db = Persistence(rig.eng, store)
         released: list[list[Any]] = []
         db.start(released.append, asyncio.get_running_loop())
-        assert db.writer is not None and db.writer.proc.is_alive()
+        assert db.writer is not None and db.writer.proc.poll() is None
         call = Call(1)
         inv = one(rig.recv(call.invite()), method="INVITE")
         ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
@@ -344,7 +344,7 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
         assert released == [["200 OK"]]
         assert [r[0] for r in store.load()] == [dlg.db_id]
         db.writer.proc.kill()
-        db.writer.proc.join()
+        db.writer.proc.wait()
         rig.recv(call.ack(ok))
         rig.recv(call.in_dialog("INVITE", ok))
         assert rig.eng.dirty == {dlg}
@@ -357,5 +357,23 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
         assert released[-1] == ["re-INVITE"] and rig.eng.dirty == {dlg}  # sent, kept dirty
         assert db.write_dirty() and not rig.eng.dirty  # the loop commits from now on
         db.close()
+
+    asyncio.run(scenario())
+
+
+def test_writer_process_that_cannot_open_the_file_says_why(tmp_path: Path) -> None:
+    import asyncio
+
+    from app.db_writer import ProcessWriter
+
+    async def scenario() -> None:
+        with pytest.raises(DbError, match="writer process: opening .* failed"):
+            ProcessWriter(
+                str(tmp_path / "no-such-dir" / "d.db"),
+                "normal",
+                asyncio.get_running_loop(),
+                lambda batches, error: None,
+                lambda: None,
+            )
 
     asyncio.run(scenario())
