@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from engine.dlg_db import DbError, apply_changes, ended_row
+from engine.dlg_db import DbError, apply_changes, ended_row, tune
 
 log = logging.getLogger("sipdlg.db")
 
@@ -47,7 +47,7 @@ def _child_main(conn: Connection, path: str, synchronous: str) -> None:
     try:
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA busy_timeout=5000")
-        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        tune(db, synchronous)
     except sqlite3.Error as exc:
         conn.send_bytes(marshal.dumps((READY, f"opening {path} failed: {exc}")))
         return

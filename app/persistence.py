@@ -6,9 +6,11 @@ OpenSIPS ``db_mode`` semantics (reference §5.5):
   later change before the message that caused it leaves.  ``SipService.feed`` sends at once
   what does not depend on a commit and leaves the rest in :attr:`Persistence.waiting`; one
   transaction then covers every dialog changed since the last one (group commit), at most
-  every ``COMMIT_INTERVAL``.  With ``--db-sync off|normal`` a commit only appends to the WAL
-  and runs on the event loop (:meth:`Persistence.commit_inline`); with ``full`` (an fsync per
-  commit) it runs on a writer thread and the held messages are released when it is done.
+  every ``COMMIT_INTERVAL``, one group in flight at a time.  With ``--db-sync off|normal``
+  the writer process commits (app/db_writer.py: SQLite on another core, no GIL shared); with
+  ``full`` (an fsync per commit) a writer thread; either way the held messages are released
+  when the group is committed (:meth:`Persistence.route`).  If the writer process cannot
+  start or dies, commits run on the event loop (:meth:`Persistence.commit_inline`).
 * ``delayed``: dirty dialogs are written every ``--db-update-period`` seconds and at shutdown.
 * ``shutdown``: the whole table is written at a clean stop (and emptied after a restore, so a
   crash never resurrects calls that ended since).
@@ -26,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from engine.dialog import Dialog, DlgState
 from engine.dlg_db import (
@@ -49,11 +51,22 @@ DB_MODES = ("realtime", "delayed", "shutdown")
 #: Ended-call records waiting for a write are capped (shutdown mode keeps them until the stop).
 MAX_PENDING_ENDED = 100_000
 PRUNE_EVERY = 3600.0
+#: The hourly prune deletes this many records per statement, PRUNE_PAUSE seconds apart.
+PRUNE_STEP = 2000
+PRUNE_PAUSE = 0.02
 #: Realtime: a commit starts at most this long after the previous one started.  Idle, a
 #: change is committed at once; under load each commit takes everything that queued up in
-#: the meantime, so the cost of a commit (WAL frames, the writer thread's GIL hand-offs) is
-#: shared by more dialogs.  Held messages wait at most this much longer.
+#: the meantime, so the cost of a commit (WAL frames, the hand-off to the writer) is shared
+#: by more dialogs.  Held messages wait at most this much longer.
 COMMIT_INTERVAL = 0.005
+
+
+class _CommitWriter(Protocol):
+    """Commits groups away from the event loop (app/db_writer.ProcessWriter, _Writer)."""
+
+    def submit(self, batch: _Batch) -> None: ...
+    def drain(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 class _Batch:
@@ -171,9 +184,9 @@ class Persistence:
         self.failures = 0
         self._last_error = 0.0
         self._task: asyncio.Task[None] | None = None
-        #: Realtime: the writer thread, the batches it has not finished, and how held
-        #: messages are sent once their batch is committed (set by :meth:`start`).
-        self.writer: Any = None  # _Writer, db_writer.ProcessWriter or None
+        #: Realtime: the writer (process or thread), the batches it has not finished, and how
+        #: held messages are sent once their batch is committed (set by :meth:`start`).
+        self.writer: _CommitWriter | None = None
         self.in_flight: deque[_Batch] = deque()
         #: Realtime: messages that wait for the next commit, the Call-IDs with changes not
         #: yet handed to the writer, and the Call-IDs in batches not yet committed (a count
@@ -286,7 +299,7 @@ class Persistence:
             upserts, deletes, ended = b.changes
             self.rows += len(upserts) + len(deletes) + len(ended)
 
-    # -- realtime: the writer thread ----------------------------------------------------------
+    # -- realtime: commit groups -------------------------------------------------------------
 
     def note_dirty(self, callid: str) -> None:
         """Realtime: a message of ``callid`` just changed its dialogs (a message only ever
@@ -299,7 +312,7 @@ class Persistence:
         return callid in self.dirty_callids or callid in self.unsettled
 
     def submit(self, held: list[Any]) -> bool:
-        """Realtime: hand the dirty dialogs to the writer thread together with ``held``, the
+        """Realtime: hand the dirty dialogs to the writer together with ``held``, the
         messages that must not leave before they are committed.  False if nothing was dirty
         (the caller sends ``held`` itself)."""
         assert self.writer is not None
@@ -322,7 +335,7 @@ class Persistence:
         return True
 
     def commit_inline(self, outbox: list[Any], now: float) -> list[Any] | None:
-        """Realtime without a writer thread: commit on this thread, at most every
+        """Realtime without a writer: commit on the event loop, at most every
         COMMIT_INTERVAL; returns what may leave now, or None if the commit is not due yet
         (``outbox`` then joins the waiting messages)."""
         if not (self.engine.dirty or self.pending_ended):
@@ -515,9 +528,10 @@ class Persistence:
                 self.write_dirty()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
-                self.prune()
+                await self.prune_in_steps()
 
     def prune(self) -> None:
+        """Drop expired ended-call records in one statement (at start, before serving)."""
         if self.retention <= 0:
             return
         try:
@@ -527,6 +541,28 @@ class Persistence:
             return
         if gone:
             log.info("pruned %d ended-call records older than %d s", gone, self.retention)
+
+    async def prune_in_steps(self) -> int:
+        """The hourly prune while serving: PRUNE_STEP records per statement with a pause
+        between, so an hour of records (millions at a high call rate) never stops the event
+        loop, nor the writer process waiting for the write lock, for long."""
+        if self.retention <= 0:
+            return 0
+        before = time.time() - self.retention
+        total = 0
+        while True:
+            try:
+                gone = self.store.prune_ended(before, PRUNE_STEP)
+            except DbError as exc:
+                log.warning("%s", exc)
+                break
+            total += gone
+            if gone < PRUNE_STEP:
+                break
+            await asyncio.sleep(PRUNE_PAUSE)
+        if total:
+            log.info("pruned %d ended-call records older than %d s", total, self.retention)
+        return total
 
     def close(self) -> None:
         """Final write according to the mode, then release the database."""

@@ -182,7 +182,7 @@ class SipService:
         outbox = engine.outbox
         db = self.db
         if db is not None and db.realtime:
-            # Durable before the messages that caused it go out: the writer thread commits,
+            # Durable before the messages that caused it go out: the writer commits,
             # then releases them (and everything queued behind them, to keep the order).
             if db.writer is None and db.release is None:
                 if engine.dirty or db.pending_ended:

@@ -164,6 +164,13 @@ def _in_chunks(db: sqlite3.Connection, by_size: dict[int, str], rows: Sequence[A
 STATE_ROW_LEN = 3
 
 
+def tune(db: sqlite3.Connection, synchronous: str) -> None:
+    """The settings of every connection that writes (the store's and the writer process's)."""
+    db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    db.execute("PRAGMA temp_store=MEMORY")
+    db.execute("PRAGMA cache_size=-32768")
+
+
 def apply_changes(
     db: sqlite3.Connection,
     batches: Sequence[ChangeSet],
@@ -509,8 +516,9 @@ class DialogStore(abc.ABC):
         """Every stored dialog row (columns as ``DIALOG_COLUMNS``), in db_id order."""
 
     @abc.abstractmethod
-    def prune_ended(self, before: float) -> int:
-        """Drop ended-call records that ended before ``before`` (Unix); how many went."""
+    def prune_ended(self, before: float, limit: int | None = None) -> int:
+        """Drop ended-call records that ended before ``before`` (Unix), the oldest ``limit``
+        of them if given; how many went."""
 
     @abc.abstractmethod
     def ended(
@@ -637,9 +645,7 @@ class SqliteStore(DialogStore):
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise DbError(f"database {self.path}: cannot use WAL journal mode (got {mode})")
-        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        db.execute("PRAGMA temp_store=MEMORY")
-        db.execute("PRAGMA cache_size=-32768")
+        tune(db, synchronous)
         check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
             raise DbError(f"database {self.path} is corrupt: {check}")
@@ -740,11 +746,18 @@ class SqliteStore(DialogStore):
         except sqlite3.Error as exc:
             raise DbError(f"reading {self.path} failed: {exc}") from None
 
-    def prune_ended(self, before: float) -> int:
+    def prune_ended(self, before: float, limit: int | None = None) -> int:
         if self.db is None:
             return 0
         try:
-            cur = self.db.execute("DELETE FROM ended_dialogs WHERE ended < ?", (before,))
+            if limit is None:
+                cur = self.db.execute("DELETE FROM ended_dialogs WHERE ended < ?", (before,))
+            else:
+                cur = self.db.execute(
+                    "DELETE FROM ended_dialogs WHERE rowid IN (SELECT rowid FROM ended_dialogs"
+                    " WHERE ended < ? ORDER BY ended LIMIT ?)",
+                    (before, limit),
+                )
             return cur.rowcount
         except sqlite3.Error as exc:
             raise DbError(f"pruning {self.path} failed: {exc}") from None

@@ -377,3 +377,28 @@ def test_writer_process_that_cannot_open_the_file_says_why(tmp_path: Path) -> No
             )
 
     asyncio.run(scenario())
+
+
+def test_prune_in_steps_drops_only_expired_records(tmp_path: Path) -> None:
+    """The hourly prune goes PRUNE_STEP records at a time, oldest first, and keeps the rest."""
+    import asyncio
+    import time
+
+    from app import persistence
+    from app.persistence import Persistence
+
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    now = time.time()
+    old = [
+        {"db_id": i, "ID": f"{i}", "callid": f"c{i}", "ended": now - 9000 + i} for i in range(25)
+    ]
+    new = [{"db_id": 100 + i, "ID": f"n{i}", "callid": f"n{i}", "ended": now} for i in range(3)]
+    store.write([], [], old + new)
+    db = Persistence(Rig().eng, store, retention=3600)
+    persistence.PRUNE_STEP, step = 4, persistence.PRUNE_STEP
+    try:
+        assert asyncio.run(db.prune_in_steps()) == 25
+    finally:
+        persistence.PRUNE_STEP = step
+    assert sorted(r["callid"] for r in store.ended()) == ["n0", "n1", "n2"]
+    store.close()
