@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import Mi, median, pct, print_header, rss_bytes, wait_stat
 from helpers import SipdlgProcess, Sipp, free_port
@@ -140,14 +141,14 @@ def _probe(host: str, port: int, rate: float, stop: object, out: str) -> None:
                 i = data.find(b"Call-ID: ")
                 if i < 0:
                     i = data.find(b"i: ")
-                key = data[i:].split(b"\r\n", 1)[0].split(b":", 1)[1].strip().split(b"@")[0]
-                k = key.decode()
+                raw = data[i:].split(b"\r\n", 1)[0].split(b":", 1)[1].strip().split(b"@")[0]
+                k = raw.decode()
                 if k in sent and results[k][1] is None:
                     results[k][1] = t - sent[k]
     Path(out).write_text(json.dumps(list(results.values())))
 
 
-def start_probe(port: int, rate: float, out: Path) -> tuple[multiprocessing.Process, object]:
+def start_probe(port: int, rate: float, out: Path) -> tuple[Any, Any]:
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
     proc = ctx.Process(target=_probe, args=("127.0.0.1", port, rate, stop, str(out)), daemon=True)
@@ -155,9 +156,13 @@ def start_probe(port: int, rate: float, out: Path) -> tuple[multiprocessing.Proc
     return proc, stop
 
 
-def split_probes(probes: list, windows: list[tuple[float, float]]) -> tuple[list, list, int]:
+def split_probes(
+    probes: list[Any], windows: list[tuple[float, float]]
+) -> tuple[list[float], list[float], int]:
     """(rtts sent inside a window, rtts sent outside, lost inside)."""
-    inside, outside, lost = [], [], 0
+    inside: list[float] = []
+    outside: list[float] = []
+    lost = 0
     for sent, rtt in probes:
         during = any(a <= sent <= b for a, b in windows)
         if rtt is None:
