@@ -34,6 +34,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _common import (
     ROOT,
@@ -160,7 +161,7 @@ def run_step(
     )  # fmt: skip
     uas.start()
     uas.wait_listening()
-    opts: dict[str, object] = {"log_level": "warning"}
+    opts: dict[str, Any] = {"log_level": "warning"}
     if db == "none":
         opts["db"] = "none"
     server = SipdlgProcess(tmp, uas_port=uas.port, name=f"sipdlg-{tag}", **opts).start()

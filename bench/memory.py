@@ -26,6 +26,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from _common import Mi, print_header, rss_bytes, wait_stat
 from engine_calls import PROXY, UAC, UAS, in_dialog, invite, reply_to
@@ -62,7 +63,7 @@ def bench_sipp(calls: int, rate: int, db: str, settle: float) -> None:
         uas = Sipp("uas", workdir=tmp, timeout=900, timeout_error=False, trace_msg=False)
         uas.start()
         uas.wait_listening()
-        opts: dict[str, object] = {"log_level": "warning"}
+        opts: dict[str, Any] = {"log_level": "warning"}
         if db == "none":
             opts["db"] = "none"
         server = SipdlgProcess(tmp, uas_port=uas.port, **opts).start()

@@ -57,7 +57,7 @@ class Held:
         )
         self.uas.start()
         self.uas.wait_listening()
-        opts: dict[str, object] = {"log_level": "warning"}
+        opts: dict[str, Any] = {"log_level": "warning"}
         if db == "none":
             opts["db"] = "none"
         self.server = SipdlgProcess(tmp, uas_port=self.uas.port, ready_timeout=30, **opts).start()

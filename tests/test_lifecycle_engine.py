@@ -3,13 +3,15 @@ timeouts), target refresh from the callee, a CANCELled re-INVITE, and the record
 
 from __future__ import annotations
 
+from typing import Any
+
 from test_engine_kit import CALLEE, CALLER, Call, Rig, one, pick
 
 from engine.dialog import DlgState
 from engine.dlg_records import RecordRing, install
 
 
-def _rig(**cfg: object) -> tuple[Rig, Call, RecordRing]:
+def _rig(**cfg: Any) -> tuple[Rig, Call, RecordRing]:
     rig = Rig(**cfg)
     ring = RecordRing(10)
     install(rig.eng, ring)

@@ -326,6 +326,7 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
     (dialogs dirty again, messages released) and commits continue on the event loop."""
     import asyncio
 
+    from app.db_writer import ProcessWriter
     from app.persistence import Persistence
 
     async def scenario() -> None:
@@ -334,7 +335,8 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
         db = Persistence(rig.eng, store)
         released: list[list[Any]] = []
         db.start(released.append, asyncio.get_running_loop())
-        assert db.writer is not None and db.writer.proc.poll() is None
+        writer = db.writer
+        assert isinstance(writer, ProcessWriter) and writer.proc.poll() is None
         call = Call(1)
         inv = one(rig.recv(call.invite()), method="INVITE")
         ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
@@ -343,8 +345,8 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
         await db.settle()
         assert released == [["200 OK"]]
         assert [r[0] for r in store.load()] == [dlg.db_id]
-        db.writer.proc.kill()
-        db.writer.proc.wait()
+        writer.proc.kill()
+        writer.proc.wait()
         rig.recv(call.ack(ok))
         rig.recv(call.in_dialog("INVITE", ok))
         assert rig.eng.dirty == {dlg}

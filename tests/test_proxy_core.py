@@ -47,7 +47,7 @@ def test_unique_branches() -> None:
     branches = set()
     for n in range(20):
         inv = one(rig.recv(Call(n).invite()), method="INVITE")
-        branches.add(inv.msg.header("via").split("branch=")[1].split(";")[0])
+        branches.add((inv.msg.header("via") or "").split("branch=")[1].split(";")[0])
     assert len(branches) == 20
 
 
@@ -169,7 +169,7 @@ def test_error_reply_copies_via_from_to_callid_cseq_and_adds_to_tag() -> None:
     outs = rig.recv(Call().invite(max_forwards=0))
     m = outs[0].msg
     req = Call().invite().decode()
-    assert m.header("via") in req and m.call_id == "call-1@test"
+    assert (m.header("via") or "-") in req and m.call_id == "call-1@test"
     assert m.header("cseq") == "1 INVITE"
     assert ";tag=" in (m.header("to") or "")
 

@@ -10,6 +10,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -172,8 +173,9 @@ def test_cancel_of_ringing_call(
     stats = dialog_stats(server)
     assert stats["failed_dialogs"] == 3 and stats["active_dialogs"] == 0
     for c in cancels:
-        assert c.call_id is not None
-        assert wait_for(lambda c=c: ended_reason(server, c.call_id), what="record") == "Cancelled"
+        callid = c.call_id
+        assert callid is not None
+        assert wait_for(partial(ended_reason, server, callid), what="record") == "Cancelled"
 
 
 def test_reinvite_updates_dialog(
