@@ -97,6 +97,7 @@ class ProcessWriter:
         done: Callable[[list[Any], DbError | None], None],
         died: Callable[[], None],
     ) -> None:
+        """Start the child; it is usable after :meth:`wait_ready` or :meth:`watch_ready`."""
         parent_sock, child_sock = socket.socketpair()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.db_writer", str(child_sock.fileno()), path, synchronous],
@@ -106,27 +107,61 @@ class ProcessWriter:
         )
         child_sock.close()
         self.conn = Connection(parent_sock.detach())
-        # Wait until the child is ready, so the first calls do not wait for its start-up.
-        error = "it did not start"
-        try:
-            if self.conn.poll(START_TIMEOUT):
-                _, error = marshal.loads(self.conn.recv_bytes())
-        except (EOFError, OSError):
-            pass
-        if error:
-            self.conn.close()
-            self._reap()
-            raise DbError(f"the database writer process: {error}")
         self.loop = loop
         self.done = done
         self.died = died
         self.pending: deque[Any] = deque()
         self.number = 0
+        self.alive = False
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Block until the child has opened the file (at start, before serving: the first
+        calls must not wait for its start-up).  Raises DbError saying why it did not."""
+        error = "it did not start"
+        try:
+            if self.conn.poll(timeout):
+                _, error = marshal.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass
+        if error:
+            self._abandon()
+            raise DbError(f"the database writer process: {error}")
+        self._serve()
+
+    def watch_ready(
+        self, ready: Callable[[ProcessWriter], None], failed: Callable[[str], None]
+    ) -> None:
+        """Without blocking the loop (a restart while serving): ``ready(self)`` once the
+        child has opened the file, else ``failed(reason)``."""
+        fd = self.conn.fileno()
+
+        def on_readable() -> None:
+            self.loop.remove_reader(fd)
+            error = "it exited at start"
+            try:
+                _, error = marshal.loads(self.conn.recv_bytes())
+            except (EOFError, OSError, ValueError):
+                pass
+            if error:
+                self._abandon()
+                failed(f"the database writer process: {error}")
+            else:
+                self._serve()
+                ready(self)
+
+        self.loop.add_reader(fd, on_readable)
+
+    def _serve(self) -> None:
         self.alive = True
-        loop.add_reader(self.conn.fileno(), self._on_readable)
-        # uvloop makes a watched descriptor non-blocking; the pipe's reads and writes here are
-        # whole messages (sends may wait for the child, drain() waits for its answers).
+        self.loop.add_reader(self.conn.fileno(), self._on_readable)
+        # uvloop makes a watched descriptor non-blocking; the socket's reads and writes here
+        # are whole messages (sends may wait for the child, drain() waits for its answers).
         os.set_blocking(self.conn.fileno(), True)
+
+    def _abandon(self) -> None:
+        """A child that never became ready: close our end (it exits on EOF) and reap it."""
+        self.conn.close()
+        self._reap()
 
     def submit(self, batch: Any) -> None:
         upserts, deletes, ended = batch.changes
@@ -166,15 +201,16 @@ class ProcessWriter:
         if not self.alive:
             return
         self.alive = False
-        log.error("the database writer process exited; committing on the event loop from now")
-        self._close_pipe()
+        log.error("the database writer process exited; committing on the event loop meanwhile")
+        self._close_socket()
+        self.proc.poll()  # reaped if it has exited
         failed = list(self.pending)
         self.pending.clear()
         if failed:
             self.done(failed, DbError("the database writer process exited"))
         self.died()
 
-    def _close_pipe(self) -> None:
+    def _close_socket(self) -> None:
         try:
             self.loop.remove_reader(self.conn.fileno())
         except (ValueError, OSError):
@@ -191,7 +227,8 @@ class ProcessWriter:
                 self.conn.recv_bytes()
             except (EOFError, OSError):
                 pass
-            self._close_pipe()
+        if not self.conn.closed:
+            self._close_socket()
         self._reap()
 
     def _reap(self) -> None:

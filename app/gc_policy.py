@@ -22,6 +22,8 @@ import logging
 import time
 from typing import Any
 
+from .histogram import Histogram
+
 log = logging.getLogger("sipdlg.gc")
 
 #: Young collections after this many net new container objects; the middle generation after
@@ -39,9 +41,7 @@ class GcPolicy:
     def __init__(self, rescan_period: float = 3600.0) -> None:
         self.rescan_period = rescan_period
         self.pauses = [0] * 3
-        self.pause_seconds = [0.0] * 3
-        self.pause_max = 0.0
-        self.buckets = [0] * (len(PAUSE_BUCKETS) + 1)
+        self.hist = Histogram(PAUSE_BUCKETS)
         self.rescans = 0
         self._started = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -76,18 +76,14 @@ class GcPolicy:
         pause = time.perf_counter() - self._started
         generation = info["generation"]
         self.pauses[generation] += 1
-        self.pause_seconds[generation] += pause
-        if pause > self.pause_max:
-            self.pause_max = pause
-        for i, bound in enumerate(PAUSE_BUCKETS):
-            if pause <= bound:
-                self.buckets[i] += 1
-                break
-        else:
-            self.buckets[-1] += 1
+        self.hist.observe(pause)
         if generation >= 1:
             # The survivors are long-lived: out of the next collections' way.
             gc.freeze()
+
+    @property
+    def pause_max(self) -> float:
+        return self.hist.max
 
     def rescan(self) -> int:
         """Put every frozen object back under the collector and collect: cycles among them

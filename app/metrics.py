@@ -19,7 +19,11 @@ time, so the SIP hot path only bumps ints.  Metric families:
   ``sipdlg_events_{delivered,dropped,failed}_total{kind,consumer}``;
 * ``sipdlg_event_loop_lag_seconds`` (last sample) and a histogram of samples;
 * ``sipdlg_gc_pause_seconds`` (histogram), ``sipdlg_gc_pause_max_seconds``,
-  ``sipdlg_gc_frozen_objects`` and ``sipdlg_gc_rescans_total`` (app/gc_policy.py).
+  ``sipdlg_gc_frozen_objects`` and ``sipdlg_gc_rescans_total`` (app/gc_policy.py);
+* with a database: ``sipdlg_db_commits_total``, ``sipdlg_db_rows_written_total``,
+  ``sipdlg_db_write_failures_total``, ``sipdlg_db_commit_seconds`` (histogram),
+  ``sipdlg_db_uncommitted_dialogs``, ``sipdlg_db_held_messages``, ``sipdlg_db_writer{kind}``
+  and ``sipdlg_db_writer_restarts_total`` (app/persistence.py, app/db_writer.py).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from prometheus_client.registry import Collector
 
 from engine.message import KNOWN_METHODS
 
-from .gc_policy import PAUSE_BUCKETS
+from .histogram import Histogram
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -57,21 +61,11 @@ class LoopLag:
 
     def __init__(self, interval: float = LAG_INTERVAL) -> None:
         self.interval = interval
-        self.last = 0.0
-        self.buckets = [0] * (len(LAG_BUCKETS) + 1)
-        self.count = 0
-        self.sum = 0.0
+        self.hist = Histogram(LAG_BUCKETS)
         self._task: asyncio.Task[None] | None = None
 
     def observe(self, lag: float) -> None:
-        self.last = lag
-        self.count += 1
-        self.sum += lag
-        for i, bound in enumerate(LAG_BUCKETS):
-            if lag <= bound:
-                self.buckets[i] += 1
-                return
-        self.buckets[-1] += 1
+        self.hist.observe(lag)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -90,6 +84,12 @@ class LoopLag:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(name, doc)
+    fam.add_metric([], hist.cumulative(), hist.total)
+    return fam
 
 
 def _method(name: str | bytes) -> str:
@@ -200,33 +200,53 @@ class SipdlgCollector(Collector):
                 fam.add_metric([kind, name], value)
         yield from fams
 
-        lag = life.lag
+        lag = life.lag.hist
         yield gauge("sipdlg_event_loop_lag_seconds", "Last event-loop lag sample", lag.last)
-        hist = HistogramMetricFamily(
-            "sipdlg_event_loop_lag_samples_seconds", "Event-loop lag samples"
-        )
-        acc = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, n in zip(LAG_BUCKETS, lag.buckets, strict=False):
-            acc += n
-            buckets.append((str(bound), acc))
-        buckets.append(("+Inf", lag.count))
-        hist.add_metric([], buckets, lag.sum)
-        yield hist
+        yield histogram("sipdlg_event_loop_lag_samples_seconds", "Event-loop lag samples", lag)
+
+        db = getattr(life.service, "db", None)
+        if db is not None:
+            yield counter("sipdlg_db_commits", "Dialog-store transactions (groups)", db.writes)
+            yield counter("sipdlg_db_rows_written", "Rows written by them", db.rows)
+            yield counter(
+                "sipdlg_db_write_failures",
+                "Failed writes (the dialogs stay in memory and are written again)",
+                db.failures,
+            )
+            yield histogram(
+                "sipdlg_db_commit_seconds",
+                "Realtime: from a group's hand-off to its commit (held messages wait this long)",
+                db.commit_time,
+            )
+            yield gauge(
+                "sipdlg_db_uncommitted_dialogs",
+                "Dialogs changed and not yet committed",
+                db.uncommitted_dialogs(),
+            )
+            yield gauge(
+                "sipdlg_db_held_messages",
+                "Realtime: messages waiting for their commit",
+                db.held_messages(),
+            )
+            writer = GaugeMetricFamily(
+                "sipdlg_db_writer",
+                "Where commits run: process (the default), thread (--db-sync full), event_loop",
+                labels=["kind"],
+            )
+            for kind in ("process", "thread", "event_loop"):
+                writer.add_metric([kind], 1 if db.writer_kind == kind else 0)
+            yield writer
+            yield counter(
+                "sipdlg_db_writer_restarts",
+                "Writer processes started again after one exited",
+                db.writer_restarts,
+            )
 
         policy = getattr(life.service, "gc", None)
         if policy is not None:
-            pauses = HistogramMetricFamily(
-                "sipdlg_gc_pause_seconds", "Pauses of the cyclic garbage collector"
+            yield histogram(
+                "sipdlg_gc_pause_seconds", "Pauses of the cyclic garbage collector", policy.hist
             )
-            acc = 0
-            buckets = []
-            for bound, n in zip(PAUSE_BUCKETS, policy.buckets, strict=False):
-                acc += n
-                buckets.append((str(bound), acc))
-            buckets.append(("+Inf", sum(policy.buckets)))
-            pauses.add_metric([], buckets, sum(policy.pause_seconds))
-            yield pauses
             yield gauge(
                 "sipdlg_gc_pause_max_seconds", "Longest collector pause so far", policy.pause_max
             )

@@ -45,12 +45,19 @@ from engine.dlg_db import (
 )
 from engine.proxy import Engine
 
+from .db_writer import ProcessWriter
+from .histogram import Histogram
+
 log = logging.getLogger("sipdlg.db")
 
 DB_MODES = ("realtime", "delayed", "shutdown")
 #: Ended-call records waiting for a write are capped (shutdown mode keeps them until the stop).
 MAX_PENDING_ENDED = 100_000
 PRUNE_EVERY = 3600.0
+#: A writer process that died is replaced after this many seconds; one that could not start
+#: is tried again after WRITER_RETRY_DELAY.  Commits run on the event loop meanwhile.
+WRITER_RESPAWN_DELAY = 1.0
+WRITER_RETRY_DELAY = 30.0
 #: The hourly prune deletes this many records per statement, PRUNE_PAUSE seconds apart.
 PRUNE_STEP = 2000
 PRUNE_PAUSE = 0.02
@@ -59,6 +66,7 @@ PRUNE_PAUSE = 0.02
 #: the meantime, so the cost of a commit (WAL frames, the hand-off to the writer) is shared
 #: by more dialogs.  Held messages wait at most this much longer.
 COMMIT_INTERVAL = 0.005
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _CommitWriter(Protocol):
@@ -72,12 +80,13 @@ class _CommitWriter(Protocol):
 class _Batch:
     """One flush's changes, the dialogs they came from, and the messages waiting for them."""
 
-    __slots__ = ("changes", "dialogs", "held")
+    __slots__ = ("changes", "dialogs", "held", "started")
 
     def __init__(self, changes: ChangeSet, dialogs: list[Dialog], held: list[Any]) -> None:
         self.changes = changes
         self.dialogs = dialogs
         self.held = held
+        self.started = time.monotonic()
 
 
 class _Writer(threading.Thread):
@@ -198,6 +207,15 @@ class Persistence:
         self.last_commit = -1.0
         self.release: Callable[[list[Any]], None] | None = None
         self.wake: Callable[[], None] | None = None
+        #: The realtime writer process: wanted (SQLite, --db-sync off|normal), being started
+        #: again, when the next start is due, how many times it was replaced.
+        self.wants_process = False
+        self.spawning: ProcessWriter | None = None
+        self.respawn_at = 0.0
+        self.writer_restarts = 0
+        self.closed = False
+        #: Realtime: how long held messages waited for their commit (``/metrics``).
+        self.commit_time = Histogram(COMMIT_BUCKETS)
         self._ended_hook: Callable[[Dialog], None] | None = None
 
     # -- ended-call records -------------------------------------------------------------------
@@ -293,6 +311,19 @@ class Persistence:
         self._count([batch])
         return True
 
+    @property
+    def writer_kind(self) -> str:
+        """Where commits run now: ``process``, ``thread`` or ``event_loop``."""
+        if isinstance(self.writer, ProcessWriter):
+            return "process"
+        return "event_loop" if self.writer is None else "thread"
+
+    def held_messages(self) -> int:
+        return len(self.waiting) + sum(len(b.held) for b in self.in_flight)
+
+    def uncommitted_dialogs(self) -> int:
+        return len(self.engine.dirty) + sum(len(b.dialogs) for b in self.in_flight)
+
     def _count(self, batches: list[_Batch]) -> None:
         self.writes += 1
         for b in batches:
@@ -344,7 +375,9 @@ class Persistence:
             self.waiting.extend(outbox)
             return None
         self.last_commit = now
+        started = time.monotonic()
         self.write_dirty()
+        self.commit_time.observe(time.monotonic() - started)
         return self._take_waiting(outbox)
 
     def _take_waiting(self, outbox: list[Any]) -> list[Any]:
@@ -383,7 +416,9 @@ class Persistence:
             self._count(batches)
         release = self.release
         unsettled = self.unsettled
+        now = time.monotonic()
         for b in batches:
+            self.commit_time.observe(now - b.started)
             if self.in_flight and self.in_flight[0] is b:
                 self.in_flight.popleft()
             for dlg in b.dialogs:
@@ -501,23 +536,48 @@ class Persistence:
             self.writer = _Writer(self.store, loop or asyncio.get_running_loop(), self._committed)
             self.writer.start()
         elif self.realtime and release is not None and isinstance(self.store, SqliteStore):
-            from .db_writer import ProcessWriter
-
+            self.wants_process = True
+            proc = self._spawn(loop or asyncio.get_running_loop())
             try:
-                self.writer = ProcessWriter(
-                    self.store.path,
-                    self.store.synchronous,
-                    loop or asyncio.get_running_loop(),
-                    self._committed,
-                    self._writer_died,
-                )
+                proc.wait_ready()
+                self.writer = proc
             except DbError as exc:
-                log.error("%s; committing on the event loop", exc)
+                self._respawn_later(str(exc))
         self._task = asyncio.get_running_loop().create_task(self._background())
 
+    def _spawn(self, loop: asyncio.AbstractEventLoop) -> ProcessWriter:
+        assert isinstance(self.store, SqliteStore)
+        return ProcessWriter(
+            self.store.path, self.store.synchronous, loop, self._committed, self._writer_died
+        )
+
     def _writer_died(self) -> None:
-        """The writer process is gone: commit on the event loop from now on."""
+        """The writer process is gone: commit on the event loop until a new one is up."""
         self.writer = None
+        self._respawn_later("the database writer process exited", WRITER_RESPAWN_DELAY)
+
+    def _respawn_later(self, reason: str, delay: float = WRITER_RETRY_DELAY) -> None:
+        self.spawning = None
+        self.respawn_at = time.monotonic() + delay
+        log.error("%s; committing on the event loop, a new writer process in %.0f s", reason, delay)
+
+    def _respawn(self) -> None:
+        """While serving: start a new writer process without blocking the loop; commits stay
+        on the loop until it is ready."""
+        proc = self._spawn(asyncio.get_running_loop())
+        self.spawning = proc
+        proc.watch_ready(self._respawned, self._respawn_later)
+
+    def _respawned(self, proc: ProcessWriter) -> None:
+        self.spawning = None
+        if self.closed:
+            proc.stop()
+            return
+        self.writer = proc
+        self.writer_restarts += 1
+        log.warning(
+            "database writer process %d is up; commits leave the event loop again", proc.proc.pid
+        )
 
     async def _background(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY
@@ -526,6 +586,13 @@ class Persistence:
             await asyncio.sleep(period)
             if self.mode == "delayed":
                 self.write_dirty()
+            if (
+                self.wants_process
+                and self.writer is None
+                and self.spawning is None
+                and time.monotonic() >= self.respawn_at
+            ):
+                self._respawn()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 await self.prune_in_steps()
@@ -566,12 +633,16 @@ class Persistence:
 
     def close(self) -> None:
         """Final write according to the mode, then release the database."""
+        self.closed = True
         if self._task is not None:
             self._task.cancel()
             self._task = None
         if self.writer is not None:
             self.writer.stop()
             self.writer = None
+        if self.spawning is not None:
+            self.spawning.stop()
+            self.spawning = None
         try:
             if self.mode == "shutdown":
                 self.sync_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from helpers import SipdlgProcess, Sipp
@@ -77,3 +78,31 @@ def test_metrics_after_a_call(
     assert ("sipdlg_gc_pause_seconds_count", ()) in m  # collections happen as load allocates
     assert 0 <= m[("sipdlg_gc_pause_max_seconds", ())] < 5
     assert m[("sipdlg_gc_rescans_total", ())] == 0
+
+
+def test_metrics_of_the_realtime_store(
+    sipp: Callable[..., Sipp],
+    sipp_uas: Callable[..., Sipp],
+    sipdlg_server: Callable[..., SipdlgProcess],
+    tmp_path: Path,
+) -> None:
+    """The default store: commits made by the writer process, how long messages were held,
+    nothing left uncommitted or held once the calls are over."""
+    uas = sipp_uas("uas_answer")
+    server = sipdlg_server(uas_port=uas.port, db=f"sqlite:///{tmp_path / 'dlg.db'}")
+    res = sipp("uac_basic", remote=server.sip_address, calls=5, rate=5, timeout=30).run()
+    assert res.ok, res.describe()
+    wait_ended(server, 5)
+    status, text = http_get(server, "/metrics")
+    assert status == 200
+    m = samples(text)
+    assert m[("sipdlg_db_writer", (("kind", "process"),))] == 1
+    assert m[("sipdlg_db_writer", (("kind", "event_loop"),))] == 0
+    assert m[("sipdlg_db_commits_total", ())] >= 1
+    # per call: the confirmed row, the ACK's state, the delete and the ended-call record
+    assert m[("sipdlg_db_rows_written_total", ())] >= 5 * 3
+    assert m[("sipdlg_db_commit_seconds_count", ())] == m[("sipdlg_db_commits_total", ())]
+    assert m[("sipdlg_db_write_failures_total", ())] == 0
+    assert m[("sipdlg_db_uncommitted_dialogs", ())] == 0
+    assert m[("sipdlg_db_held_messages", ())] == 0
+    assert m[("sipdlg_db_writer_restarts_total", ())] == 0

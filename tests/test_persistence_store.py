@@ -321,13 +321,19 @@ def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) ->
     store.close()
 
 
-def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> None:
+def test_writer_process_commits_falls_back_and_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Realtime commits go to the writer process; if it dies, the groups in flight fail
-    (dialogs dirty again, messages released) and commits continue on the event loop."""
+    (dialogs dirty again, messages released), commits continue on the event loop, and a new
+    writer process takes over."""
     import asyncio
 
+    from app import persistence
     from app.db_writer import ProcessWriter
     from app.persistence import Persistence
+
+    monkeypatch.setattr(persistence, "WRITER_RESPAWN_DELAY", 0.0)
 
     async def scenario() -> None:
         rig = Rig()
@@ -355,10 +361,23 @@ def test_writer_process_commits_and_falls_back_when_it_dies(tmp_path: Path) -> N
             if db.writer is None and not db.in_flight:
                 break
             await asyncio.sleep(0.01)
-        assert db.writer is None and db.failures == 1
+        assert db.writer is None and db.failures == 1 and db.writer_kind == "event_loop"
         assert released[-1] == ["re-INVITE"] and rig.eng.dirty == {dlg}  # sent, kept dirty
-        assert db.write_dirty() and not rig.eng.dirty  # the loop commits from now on
+        assert db.commit_inline(["200 re-INVITE"], 30.0) == ["200 re-INVITE"]  # on the loop
+        assert not rig.eng.dirty
+        for _ in range(500):  # the background task starts a new one (about every second)
+            if db.writer is not None:
+                break
+            await asyncio.sleep(0.01)
+        again = db.writer
+        assert isinstance(again, ProcessWriter) and again.proc.pid != writer.proc.pid
+        assert db.writer_restarts == 1 and db.writer_kind == "process"
+        rig.recv(call.in_dialog("BYE", ok))
+        assert db.route(["BYE"], 40.0) == []  # held until the new child commits the end
+        await db.settle()
+        assert released[-1] == ["BYE"] and store.load() == []
         db.close()
+        assert again.proc.poll() is not None  # it exits with the server
 
     asyncio.run(scenario())
 
@@ -369,14 +388,16 @@ def test_writer_process_that_cannot_open_the_file_says_why(tmp_path: Path) -> No
     from app.db_writer import ProcessWriter
 
     async def scenario() -> None:
+        writer = ProcessWriter(
+            str(tmp_path / "no-such-dir" / "d.db"),
+            "normal",
+            asyncio.get_running_loop(),
+            lambda batches, error: None,
+            lambda: None,
+        )
         with pytest.raises(DbError, match="writer process: opening .* failed"):
-            ProcessWriter(
-                str(tmp_path / "no-such-dir" / "d.db"),
-                "normal",
-                asyncio.get_running_loop(),
-                lambda batches, error: None,
-                lambda: None,
-            )
+            writer.wait_ready()
+        assert writer.proc.poll() is not None
 
     asyncio.run(scenario())
 
