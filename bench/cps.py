@@ -65,6 +65,7 @@ class Step:
     loop_us: float
     rss_mb: float
     gc_max_ms: float
+    slow_commits: int
     busy_before: float
     sipp_rc: int
 
@@ -92,7 +93,8 @@ class Step:
             f"({self.retrans_ratio * 100:5.2f} %)  CPU/call {self.cpu_us:5.0f} µs "
             f"(loop {self.loop_us:5.0f} µs)  RSS {self.rss_mb:5.1f} MB  "
             f"gc-max {self.gc_max_ms:4.0f} ms  "
-            f"busy-before {self.busy_before:.2f}  sipp rc {self.sipp_rc}  "
+            + (f"commits>100ms {self.slow_commits}  " if self.slow_commits >= 0 else "")
+            + f"busy-before {self.busy_before:.2f}  sipp rc {self.sipp_rc}  "
             f"{'PASS' if self.ok else 'FAIL'}"
         )
 
@@ -137,16 +139,26 @@ def achieved_rate(stat_file: Path, offered: int) -> float:
     return offered / t
 
 
-def gc_max_pause(url: str) -> float:
-    """The longest garbage-collector pause the server saw (``/metrics``), -1 if unknown."""
+def server_figures(url: str) -> tuple[float, int]:
+    """From the server's ``/metrics``: its longest garbage-collector pause (-1 if unknown)
+    and how many realtime commit groups held their messages over 100 ms (-1: no store)."""
+    gc_max, slow_commits = -1.0, -1
+    under, total = 0.0, 0.0
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             for line in reply.read().decode().splitlines():
                 if line.startswith("sipdlg_gc_pause_max_seconds "):
-                    return float(line.split()[1])
+                    gc_max = float(line.split()[1])
+                elif line.startswith('sipdlg_db_commit_seconds_bucket{le="0.1"}'):
+                    under = float(line.split()[1])
+                elif line.startswith("sipdlg_db_commit_seconds_count "):
+                    total = float(line.split()[1])
+                    slow_commits = 0
     except OSError:
         pass
-    return -1.0
+    if slow_commits == 0:
+        slow_commits = int(total - under)
+    return gc_max, slow_commits
 
 
 def run_step(
@@ -189,7 +201,7 @@ def run_step(
         cpu = tree_cpu_seconds(pid) - cpu0
         loop_cpu = cpu_seconds(pid, pid) - loop0
         rss = rss_bytes(pid)
-        gc_max = gc_max_pause(server.mi_url.replace("/mi", "/metrics"))
+        gc_max, slow_commits = server_figures(server.mi_url.replace("/mi", "/metrics"))
     finally:
         if spy is not None:
             try:
@@ -214,6 +226,7 @@ def run_step(
         loop_us=loop_cpu / max(1, offered) * 1e6,
         rss_mb=rss / 1e6,
         gc_max_ms=gc_max * 1000,
+        slow_commits=slow_commits,
         busy_before=busy,
         sipp_rc=res.returncode,
     )
