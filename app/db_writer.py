@@ -72,7 +72,7 @@ def _child_main(conn: Connection, path: str, synchronous: str) -> None:
                 return  # the parent is gone
             if numbers:
                 try:
-                    apply_changes(db, batches, ended_as_rows=True)
+                    apply_changes(db, batches)
                     error = ""
                 except sqlite3.Error as exc:
                     error = f"writing {path} failed: {exc}"
@@ -166,9 +166,11 @@ class ProcessWriter:
     def submit(self, batch: Any) -> None:
         upserts, deletes, ended = batch.changes
         self.number += 1
-        payload = marshal.dumps(
-            (self.number, [(list(upserts), list(deletes), [ended_row(r) for r in ended])])
-        )
+        try:  # the child encodes the JSON (records are plain values; others go as rows)
+            payload = marshal.dumps((self.number, [(list(upserts), list(deletes), list(ended))]))
+        except ValueError:
+            rows = [ended_row(r) for r in ended]
+            payload = marshal.dumps((self.number, [(list(upserts), list(deletes), rows)]))
         self.pending.append(batch)
         try:
             self.conn.send_bytes(payload)

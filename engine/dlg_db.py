@@ -175,17 +175,17 @@ def apply_changes(
     db: sqlite3.Connection,
     batches: Sequence[ChangeSet],
     replace_all: bool = False,
-    ended_as_rows: bool = False,
 ) -> None:
     """Apply change sets in one transaction on ``db`` (the store's connection, or the writer
-    process's own).  ``ended_as_rows``: the ended-call records come as :func:`ended_row`
-    tuples already.  Raises sqlite3.Error; nothing is written then."""
+    process's own).  The JSON columns and the ended-call records are encoded here, so that
+    with the writer process that work runs there.  Raises sqlite3.Error; nothing is written
+    then."""
     db.execute("BEGIN IMMEDIATE")
     try:
         if replace_all:
             db.execute("DELETE FROM dialogs")
         for upserts, deletes, ended in batches:
-            rows = [r for r in upserts if len(r) > STATE_ROW_LEN]
+            rows = [encode_row(r) for r in upserts if len(r) > STATE_ROW_LEN]
             if rows:
                 _in_chunks(db, _UPSERT_BY_SIZE, rows)
             if len(rows) < len(upserts):
@@ -198,8 +198,8 @@ def apply_changes(
             if deletes:
                 _in_chunks(db, _DELETE_BY_SIZE, deletes)
             if ended:
-                ended_rows = ended if ended_as_rows else [ended_row(r) for r in ended]
-                _in_chunks(db, _ENDED_BY_SIZE, ended_rows)
+                rows = [ended_row(r) if isinstance(r, dict) else r for r in ended]
+                _in_chunks(db, _ENDED_BY_SIZE, rows)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -236,8 +236,26 @@ def _leg_json(leg: CalleeLeg) -> dict[str, Any]:
     }
 
 
+#: The columns of a :func:`dialog_row` that are stored as JSON (the caller's route set, the
+#: callee legs); :func:`encode_row` encodes them when the row is written.
+_ROUTE_SET_COLUMN = DIALOG_COLUMNS.index("caller_route_set")
+_LEGS_COLUMN = DIALOG_COLUMNS.index("callees")
+
+
+def encode_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A :func:`dialog_row` with its JSON columns encoded, as the ``dialogs`` table has it."""
+    return (
+        row[:_ROUTE_SET_COLUMN]
+        + (json.dumps(row[_ROUTE_SET_COLUMN]),)
+        + row[_ROUTE_SET_COLUMN + 1 : _LEGS_COLUMN]
+        + (json.dumps(row[_LEGS_COLUMN]),)
+        + row[_LEGS_COLUMN + 1 :]
+    )
+
+
 def dialog_row(dlg: Dialog, wall_offset: float, now_wall: float) -> tuple[Any, ...]:
-    """The ``dialogs`` row of a dialog (``wall_offset`` turns its monotonic times into Unix)."""
+    """The ``dialogs`` row of a dialog (``wall_offset`` turns its monotonic times into Unix),
+    its route set and legs still as Python values (:func:`encode_row`)."""
     src = dlg.caller_source
     return (
         dlg.db_id,
@@ -249,13 +267,13 @@ def dialog_row(dlg: Dialog, wall_offset: float, now_wall: float) -> tuple[Any, .
         dlg.caller_tag,
         dlg.caller_contact,
         str(dlg.caller_socket),
-        json.dumps(dlg.caller_route_set),
+        dlg.caller_route_set,
         f"{src[0]}:{src[1]}:{src[2]}" if src else None,
         dlg.invite_cseq,
         dlg.callee_cseq,
         dlg.caller_sdp,
         dlg.caller_sent_sdp,
-        json.dumps([_leg_json(leg) for leg in dlg.callees]),
+        [_leg_json(leg) for leg in dlg.callees],
         dlg.confirmed_leg,
         int(dlg.state),
         dlg.user_flags,
