@@ -186,6 +186,55 @@ def test_kill9_restart_100_calls(
         assert reasons.count("MI Termination") == 100
 
 
+def metric(server: SipdlgProcess, line_start: str) -> float | None:
+    """One sample of the server's ``/metrics`` (the first line starting with ``line_start``)."""
+    url = server.mi_url.replace("/mi", "/metrics")
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_writer_process_killed_under_traffic(
+    sipp: Callable[..., Sipp],
+    sipp_uas: Callable[..., Sipp],
+    sipdlg_server: Callable[..., SipdlgProcess],
+    tmp_path: Path,
+) -> None:
+    """The writer process is SIGKILLed while calls are being set up: no call fails, a new
+    writer takes over, and every call (those committed on the loop meanwhile too) survives a
+    kill -9 of the server."""
+    db = db_url(tmp_path / "dlg.db")
+    uas = sipp_uas("uas_answer")
+    server = sipdlg_server(uas_port=uas.port, db=db)
+    assert server.proc is not None
+    uac = sipp("uac_wait_bye", remote=server.sip_address, calls=60, rate=20, timeout=120)
+    uac.start()
+    wait_until = time.monotonic() + 30
+    while len(dialogs(server)) < 15 and time.monotonic() < wait_until:
+        time.sleep(0.05)
+    (writer,) = children(server.proc.pid)
+    os.kill(writer, signal.SIGKILL)
+    before = wait_dialogs(server, 60)
+    deadline = time.monotonic() + 15
+    while metric(server, "sipdlg_db_writer_restarts_total") != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server, "sipdlg_db_writer_restarts_total") == 1
+    assert metric(server, 'sipdlg_db_writer{kind="process"}') == 1
+    (new_writer,) = children(server.proc.pid)
+    assert new_writer != writer
+    kill9(server)
+
+    server2 = restart(sipdlg_server, server, "sipdlg-after-kill", db=db)
+    after = wait_dialogs(server2, 60, timeout=5)
+    assert sorted(d["ID"] for d in after) == sorted(d["ID"] for d in before)
+    end_all(server2, [d["ID"] for d in after])
+    res = uac.wait(timeout=60)
+    assert res.ok and res.successful == 60, res.describe()
+    byes_after_restart(uas, 60)
+
+
 def test_in_dialog_requests_after_restart(
     sipp: Callable[..., Sipp],
     sipp_uas: Callable[..., Sipp],
