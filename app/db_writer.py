@@ -100,7 +100,14 @@ class ProcessWriter:
         """Start the child; it is usable after :meth:`wait_ready` or :meth:`watch_ready`."""
         parent_sock, child_sock = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.db_writer", str(child_sock.fileno()), path, synchronous],
+            [
+                sys.executable,
+                "-m",
+                "app.db_writer",
+                str(child_sock.fileno()),
+                os.path.abspath(path),  # as ps shows it; the same file whatever the cwd
+                synchronous,
+            ],
             pass_fds=[child_sock.fileno()],
             env=_child_env(),
             stdin=subprocess.DEVNULL,
