@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from engine.dlg_db import DbError, apply_changes, ended_row, tune
+from engine.dlg_db import DbError, apply_changes, encode_changes, tune
 
 log = logging.getLogger("sipdlg.db")
 
@@ -60,19 +60,19 @@ def _child_main(conn: Connection, path: str, synchronous: str) -> None:
             batches: list[Any] = []
             try:
                 while True:
-                    number, sets = marshal.loads(conn.recv_bytes())
+                    number, sets, encoded = marshal.loads(conn.recv_bytes())
                     if number == STOP:
                         stopping = True
                         break
                     numbers.append(number)
-                    batches.extend(sets)
+                    batches.extend(sets if encoded else [encode_changes(s) for s in sets])
                     if not conn.poll():
                         break
             except (EOFError, OSError):
                 return  # the parent is gone
             if numbers:
                 try:
-                    apply_changes(db, batches)
+                    apply_changes(db, batches, encoded=True)
                     error = ""
                 except sqlite3.Error as exc:
                     error = f"writing {path} failed: {exc}"
@@ -173,11 +173,11 @@ class ProcessWriter:
     def submit(self, batch: Any) -> None:
         upserts, deletes, ended = batch.changes
         self.number += 1
-        try:  # the child encodes the JSON (records are plain values; others go as rows)
-            payload = marshal.dumps((self.number, [(list(upserts), list(deletes), list(ended))]))
-        except ValueError:
-            rows = [ended_row(r) for r in ended]
-            payload = marshal.dumps((self.number, [(list(upserts), list(deletes), rows)]))
+        try:  # the child encodes the JSON columns and the records
+            sets = [(list(upserts), list(deletes), list(ended))]
+            payload = marshal.dumps((self.number, sets, False))
+        except ValueError:  # a value marshal cannot take (a str or int subclass): encode here
+            payload = marshal.dumps((self.number, [_plain(encode_changes(batch.changes))], True))
         self.pending.append(batch)
         try:
             self.conn.send_bytes(payload)
@@ -232,7 +232,7 @@ class ProcessWriter:
         if self.alive:
             self.alive = False
             try:
-                self.conn.send_bytes(marshal.dumps((STOP, [])))
+                self.conn.send_bytes(marshal.dumps((STOP, [], True)))
                 self.conn.recv_bytes()
             except (EOFError, OSError):
                 pass
@@ -246,6 +246,26 @@ class ProcessWriter:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _plain(changes: tuple[list[Any], list[int], list[Any]]) -> tuple[list[Any], ...]:
+    """Encoded rows with every value a plain str, int, float or None, as marshal wants."""
+
+    def plain(value: Any) -> Any:
+        if value is None or type(value) in (str, int, float, bytes):
+            return value
+        if isinstance(value, bool | int):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        return str(value)
+
+    upserts, deletes, ended = changes
+    return (
+        [tuple(plain(v) for v in r) for r in upserts],
+        [int(d) for d in deletes],
+        [tuple(plain(v) for v in r) for r in ended],
+    )
 
 
 def _child_env() -> dict[str, str]:

@@ -175,17 +175,20 @@ def apply_changes(
     db: sqlite3.Connection,
     batches: Sequence[ChangeSet],
     replace_all: bool = False,
+    encoded: bool = False,
 ) -> None:
     """Apply change sets in one transaction on ``db`` (the store's connection, or the writer
-    process's own).  The JSON columns and the ended-call records are encoded here, so that
-    with the writer process that work runs there.  Raises sqlite3.Error; nothing is written
-    then."""
+    process's own).  The JSON columns and the ended-call records are encoded here (unless
+    ``encoded``: by :func:`encode_changes` already), so that with the writer process that
+    work runs there.  Raises sqlite3.Error; nothing is written then."""
+    if not encoded:
+        batches = [encode_changes(b) for b in batches]
     db.execute("BEGIN IMMEDIATE")
     try:
         if replace_all:
             db.execute("DELETE FROM dialogs")
         for upserts, deletes, ended in batches:
-            rows = [encode_row(r) for r in upserts if len(r) > STATE_ROW_LEN]
+            rows = [r for r in upserts if len(r) > STATE_ROW_LEN]
             if rows:
                 _in_chunks(db, _UPSERT_BY_SIZE, rows)
             if len(rows) < len(upserts):
@@ -198,8 +201,7 @@ def apply_changes(
             if deletes:
                 _in_chunks(db, _DELETE_BY_SIZE, deletes)
             if ended:
-                rows = [ended_row(r) if isinstance(r, dict) else r for r in ended]
-                _in_chunks(db, _ENDED_BY_SIZE, rows)
+                _in_chunks(db, _ENDED_BY_SIZE, ended)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -250,6 +252,17 @@ def encode_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
         + row[_ROUTE_SET_COLUMN + 1 : _LEGS_COLUMN]
         + (json.dumps(row[_LEGS_COLUMN]),)
         + row[_LEGS_COLUMN + 1 :]
+    )
+
+
+def encode_changes(changes: ChangeSet) -> tuple[list[Any], list[int], list[Any]]:
+    """A change set as its table rows: whole dialog rows with their JSON encoded, the ended-call
+    records as :func:`ended_row` tuples (what :func:`apply_changes` writes)."""
+    upserts, deletes, ended = changes
+    return (
+        [encode_row(r) if len(r) > STATE_ROW_LEN else r for r in upserts],
+        list(deletes),
+        [ended_row(r) for r in ended],
     )
 
 

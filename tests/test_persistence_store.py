@@ -425,3 +425,40 @@ def test_prune_in_steps_drops_only_expired_records(tmp_path: Path) -> None:
         persistence.PRUNE_STEP = step
     assert sorted(r["callid"] for r in store.ended()) == ["n0", "n1", "n2"]
     store.close()
+
+
+def test_writer_process_takes_values_marshal_cannot(tmp_path: Path) -> None:
+    """A row with a str subclass or an IntEnum in it (marshal refuses both) is encoded on the
+    loop instead, and stored as the plain values."""
+    import asyncio
+    import enum
+
+    from app.persistence import Persistence
+
+    class Text(str):
+        pass
+
+    class Number(enum.IntEnum):
+        SEVEN = 7
+
+    async def scenario() -> None:
+        rig = Rig()
+        store = SqliteStore(str(tmp_path / "d.db"), 4096)
+        db = Persistence(rig.eng, store)
+        released: list[list[Any]] = []
+        db.start(released.append, asyncio.get_running_loop())
+        call = Call(1)
+        inv = one(rig.recv(call.invite()), method="INVITE")
+        one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+        (dlg,) = rig.eng.dirty
+        dlg.from_uri = Text(dlg.from_uri)
+        dlg.local_cseq_caller = Number.SEVEN
+        assert db.route(["200 OK"], 10.0) == []
+        await db.settle()
+        assert released == [["200 OK"]] and db.failures == 0
+        (row,) = store.load()
+        assert row[DIALOG_COLUMNS.index("from_uri")] == str(dlg.from_uri)
+        assert row[DIALOG_COLUMNS.index("local_cseq_caller")] == 7
+        db.close()
+
+    asyncio.run(scenario())
