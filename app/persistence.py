@@ -58,6 +58,9 @@ PRUNE_EVERY = 3600.0
 #: is tried again after WRITER_RETRY_DELAY.  Commits run on the event loop meanwhile.
 WRITER_RESPAWN_DELAY = 1.0
 WRITER_RETRY_DELAY = 30.0
+#: A commit group in flight this long is reported (the log, at most every STALL_LOG_EVERY s).
+STALL_AFTER = 2.0
+STALL_LOG_EVERY = 10.0
 #: The hourly prune deletes this many records per statement, PRUNE_PAUSE seconds apart.
 PRUNE_STEP = 2000
 PRUNE_PAUSE = 0.02
@@ -214,6 +217,7 @@ class Persistence:
         self.respawn_at = 0.0
         self.writer_restarts = 0
         self.closed = False
+        self._last_stall_log = -STALL_LOG_EVERY
         #: Realtime: how long held messages waited for their commit (``/metrics``).
         self.commit_time = Histogram(COMMIT_BUCKETS)
         self._ended_hook: Callable[[Dialog], None] | None = None
@@ -593,9 +597,32 @@ class Persistence:
                 and time.monotonic() >= self.respawn_at
             ):
                 self._respawn()
+            self.check_stalled()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 await self.prune_in_steps()
+
+    def check_stalled(self) -> bool:
+        """Log (every STALL_LOG_EVERY s at most) when the oldest group in flight has waited
+        over STALL_AFTER for its commit: a hung disk or a stopped writer holds every message
+        that waits for it, and nothing else would say so.  True if it is stalled."""
+        if not self.in_flight:
+            return False
+        now = time.monotonic()
+        waited = now - self.in_flight[0].started
+        if waited < STALL_AFTER:
+            return False
+        if now - self._last_stall_log >= STALL_LOG_EVERY:
+            self._last_stall_log = now
+            log.error(
+                "a commit has waited %.1f s for the database writer (%s); %d messages and %d "
+                "dialogs wait for it",
+                waited,
+                self.writer_kind,
+                self.held_messages(),
+                self.uncommitted_dialogs(),
+            )
+        return True
 
     def prune(self) -> None:
         """Drop expired ended-call records in one statement (at start, before serving)."""

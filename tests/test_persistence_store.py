@@ -462,3 +462,47 @@ def test_writer_process_takes_values_marshal_cannot(tmp_path: Path) -> None:
         db.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stopped_writer_is_reported_and_its_messages_leave_when_it_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOP the writer process with a commit in flight: the wait is logged with what is
+    held; after SIGCONT the commit completes and the messages leave, in order."""
+    import asyncio
+    import os
+    import signal
+
+    from app import persistence
+    from app.db_writer import ProcessWriter
+    from app.persistence import Persistence
+
+    async def scenario() -> None:
+        rig = Rig()
+        store = SqliteStore(str(tmp_path / "d.db"), 4096)
+        db = Persistence(rig.eng, store)
+        released: list[list[Any]] = []
+        db.start(released.append, asyncio.get_running_loop())
+        writer = db.writer
+        assert isinstance(writer, ProcessWriter)
+        os.kill(writer.proc.pid, signal.SIGSTOP)
+        try:
+            call = Call(1)
+            inv = one(rig.recv(call.invite()), method="INVITE")
+            one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+            assert db.route(["200 OK"], 10.0) == []
+            assert db.hold(["180 of the same call"])
+            await asyncio.sleep(0.3)
+            assert not db.check_stalled()  # not yet over STALL_AFTER
+            db.in_flight[0].started -= persistence.STALL_AFTER
+            with caplog.at_level("ERROR", logger="sipdlg.db"):
+                assert db.check_stalled()
+            assert "waited" in caplog.text and "2 messages and 1 dialogs" in caplog.text
+            assert released == []
+        finally:
+            os.kill(writer.proc.pid, signal.SIGCONT)
+        await db.settle()
+        assert released == [["200 OK", "180 of the same call"]] and len(store.load()) == 1
+        db.close()
+
+    asyncio.run(scenario())
