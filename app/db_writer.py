@@ -1,14 +1,14 @@
 """Realtime commits in a child process: SQLite's work on the other core, no GIL shared.
 
-The event loop builds each group's rows (as before) and sends them through a socket pair; the child
-applies them on its own connection to the same file (SQLite's file locks keep the two
-connections apart) and answers with the group's number.  The loop releases the messages
-held for that group when the answer arrives.  Measured: without SQLite's statements the
-realtime setting costs about 4 % against ``--db none`` (docs/performance.md), so this is
-where its cost went.
+The event loop builds each group's rows and sends them through a socket pair; the child
+encodes their JSON, applies them on its own connection to the same file (SQLite's file
+locks keep the two connections apart) and answers with the group's number.  The loop
+releases the messages held for that group when the answer arrives.  Measured: without
+SQLite's statements the realtime setting costs about 4 % against ``--db none``
+(docs/performance.md), so this is where its cost went.
 
 If the child dies, the groups in flight fail (their dialogs are dirty again, their messages
-leave) and the shell goes on committing on the event loop.
+leave); app/persistence.py commits on the event loop until a new child is ready.
 """
 
 from __future__ import annotations

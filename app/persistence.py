@@ -118,21 +118,15 @@ class _Writer(threading.Thread):
             self.cv.notify()
 
     def run(self) -> None:
-        last = -COMMIT_INTERVAL
+        # Persistence.route already spaces groups COMMIT_INTERVAL apart, one in flight.
         while True:
             with self.cv:
                 while not self.queue and not self.stopping:
                     self.cv.wait()
                 if not self.queue:
                     return
-                while not self.stopping:
-                    left = last + COMMIT_INTERVAL - time.monotonic()
-                    if left <= 0:
-                        break
-                    self.cv.wait(left)
                 batches, self.queue = self.queue, []
                 self.busy = True
-            last = time.monotonic()
             error: DbError | None = None
             try:
                 self.store.write_batches([b.changes for b in batches])
@@ -369,6 +363,15 @@ class Persistence:
         self.in_flight[-1].held.extend(items)
         return True
 
+    def dispatch(self, outbox: list[Any], now: float) -> list[Any] | None:
+        """Realtime, serving: what may leave now of the waiting messages and ``outbox``, the
+        rest held behind a commit (by the writer, or on the loop while there is none).  None:
+        a commit is not due yet; flush again at ``last_commit + COMMIT_INTERVAL``, or when
+        the group in flight is done (``wake``)."""
+        if self.writer is None:
+            return self.commit_inline(outbox, now)
+        return self.route(outbox, now)
+
     def commit_inline(self, outbox: list[Any], now: float) -> list[Any] | None:
         """Realtime without a writer: commit on the event loop, at most every
         COMMIT_INTERVAL; returns what may leave now, or None if the commit is not due yet
@@ -396,8 +399,7 @@ class Persistence:
         a commit).  One group is in flight at a time and groups start at most every
         COMMIT_INTERVAL, so a group carries everything that changed meanwhile and the loop
         pays one hand-off per group, not per message.  None: the group is not due yet, the
-        messages wait (the caller flushes again at ``last_commit + COMMIT_INTERVAL`` or when
-        the group in flight is done)."""
+        messages wait (see :meth:`dispatch`)."""
         items = self._take_waiting(outbox)
         if self.engine.dirty or self.pending_ended:
             if self.in_flight or now < self.last_commit + COMMIT_INTERVAL:

@@ -124,7 +124,7 @@ class SipService:
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
             engine.stats.parse_errors += 1
-        if db is None or not db.realtime or (db.writer is None and db.release is None):
+        if db is None or not db.realtime or db.release is None:
             self.flush()
             return
         # Realtime: what this message caused waits for the commit of the dialogs it changed
@@ -184,22 +184,11 @@ class SipService:
         if db is not None and db.realtime:
             # Durable before the messages that caused it go out: the writer commits,
             # then releases them (and everything queued behind them, to keep the order).
-            if db.writer is None and db.release is None:
+            if db.release is None:  # not serving yet (restore, start-up expiries)
                 if engine.dirty or db.pending_ended:
                     db.write_dirty()
-            elif db.writer is None:
-                now = self.loop.time()
-                ready = db.commit_inline(outbox, now)
-                outbox.clear()
-                if ready is None:
-                    if self._flush_handle is None:
-                        self._flush_handle = self.loop.call_at(
-                            db.last_commit + COMMIT_INTERVAL, self._flush_soon
-                        )
-                else:
-                    outbox.extend(ready)
             elif outbox or db.waiting or engine.dirty or db.pending_ended:
-                ready = db.route(outbox, self.loop.time())
+                ready = db.dispatch(outbox, self.loop.time())
                 outbox.clear()
                 if ready is None:
                     if self._flush_handle is None and not db.in_flight:

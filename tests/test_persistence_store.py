@@ -4,14 +4,21 @@ each change, the SQLite file is versioned, locked and checked."""
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
-from test_engine_kit import CALLEE, TCP, UDP, Call, Rig, one
+from test_engine_kit import CALLEE, TCP, UDP, Call, Out, Rig, one
 
+from app import persistence
+from app.db_writer import ProcessWriter
+from app.persistence import COMMIT_INTERVAL, Persistence
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket
 from engine.dlg_db import (
     DIALOG_COLUMNS,
@@ -255,7 +262,6 @@ def test_db_urls(tmp_path: Path) -> None:
 def test_ack_writes_only_the_state(tmp_path: Path) -> None:
     """The ACK's 3 to 4 is a one-column update of the row the 200 wrote; any other change in
     the same group makes it a whole row again."""
-    from app.persistence import Persistence
 
     rig = Rig()
     store = SqliteStore(str(tmp_path / "d.db"), 4096)
@@ -292,7 +298,6 @@ def test_ack_writes_only_the_state(tmp_path: Path) -> None:
 def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) -> None:
     """Realtime on the event loop with a failing disk: the messages still leave (calls do
     not stall), the dialog stays dirty and is written by the next commit that works."""
-    from app.persistence import COMMIT_INTERVAL, Persistence
 
     class FailingStore(SqliteStore):
         failing = True
@@ -321,33 +326,49 @@ def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) ->
     store.close()
 
 
+class Serving(NamedTuple):
+    """A realtime store started as the server starts it, its writer process up."""
+
+    rig: Rig
+    store: SqliteStore
+    db: Persistence
+    released: list[list[Any]]
+    writer: ProcessWriter
+
+
+def serving(tmp_path: Path) -> Serving:
+    """Call inside a running event loop; :meth:`Persistence.close` it at the end."""
+    rig = Rig()
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    db = Persistence(rig.eng, store)
+    released: list[list[Any]] = []
+    db.start(released.append, asyncio.get_running_loop())
+    writer = db.writer
+    assert isinstance(writer, ProcessWriter) and writer.proc.poll() is None
+    return Serving(rig, store, db, released, writer)
+
+
+def answered(rig: Rig) -> tuple[Call, Out, Dialog]:
+    """A call answered through ``rig``: its 200 OK as forwarded, and its (dirty) dialog."""
+    call = Call(1)
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+    (dlg,) = rig.eng.dirty
+    return call, ok, dlg
+
+
 def test_writer_process_commits_falls_back_and_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Realtime commits go to the writer process; if it dies, the groups in flight fail
     (dialogs dirty again, messages released), commits continue on the event loop, and a new
     writer process takes over."""
-    import asyncio
-
-    from app import persistence
-    from app.db_writer import ProcessWriter
-    from app.persistence import Persistence
-
     monkeypatch.setattr(persistence, "WRITER_RESPAWN_DELAY", 0.0)
 
     async def scenario() -> None:
-        rig = Rig()
-        store = SqliteStore(str(tmp_path / "d.db"), 4096)
-        db = Persistence(rig.eng, store)
-        released: list[list[Any]] = []
-        db.start(released.append, asyncio.get_running_loop())
-        writer = db.writer
-        assert isinstance(writer, ProcessWriter) and writer.proc.poll() is None
-        call = Call(1)
-        inv = one(rig.recv(call.invite()), method="INVITE")
-        ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
-        (dlg,) = rig.eng.dirty
-        assert db.route(["200 OK"], 10.0) == []  # held until the child commits
+        rig, store, db, released, writer = serving(tmp_path)
+        call, ok, dlg = answered(rig)
+        assert db.dispatch(["200 OK"], 10.0) == []  # held until the child commits
         await db.settle()
         assert released == [["200 OK"]]
         assert [r[0] for r in store.load()] == [dlg.db_id]
@@ -356,14 +377,14 @@ def test_writer_process_commits_falls_back_and_is_replaced(
         rig.recv(call.ack(ok))
         rig.recv(call.in_dialog("INVITE", ok))
         assert rig.eng.dirty == {dlg}
-        db.route(["re-INVITE"], 20.0)
+        db.dispatch(["re-INVITE"], 20.0)
         for _ in range(200):
             if db.writer is None and not db.in_flight:
                 break
             await asyncio.sleep(0.01)
         assert db.writer is None and db.failures == 1 and db.writer_kind == "event_loop"
         assert released[-1] == ["re-INVITE"] and rig.eng.dirty == {dlg}  # sent, kept dirty
-        assert db.commit_inline(["200 re-INVITE"], 30.0) == ["200 re-INVITE"]  # on the loop
+        assert db.dispatch(["200 re-INVITE"], 30.0) == ["200 re-INVITE"]  # on the loop
         assert not rig.eng.dirty
         for _ in range(500):  # the background task starts a new one (about every second)
             if db.writer is not None:
@@ -373,7 +394,7 @@ def test_writer_process_commits_falls_back_and_is_replaced(
         assert isinstance(again, ProcessWriter) and again.proc.pid != writer.proc.pid
         assert db.writer_restarts == 1 and db.writer_kind == "process"
         rig.recv(call.in_dialog("BYE", ok))
-        assert db.route(["BYE"], 40.0) == []  # held until the new child commits the end
+        assert db.dispatch(["BYE"], 40.0) == []  # held until the new child commits the end
         await db.settle()
         assert released[-1] == ["BYE"] and store.load() == []
         db.close()
@@ -383,9 +404,7 @@ def test_writer_process_commits_falls_back_and_is_replaced(
 
 
 def test_writer_process_that_cannot_open_the_file_says_why(tmp_path: Path) -> None:
-    import asyncio
-
-    from app.db_writer import ProcessWriter
+    """The child reports why it cannot open the file, and exits."""
 
     async def scenario() -> None:
         writer = ProcessWriter(
@@ -404,12 +423,6 @@ def test_writer_process_that_cannot_open_the_file_says_why(tmp_path: Path) -> No
 
 def test_prune_in_steps_drops_only_expired_records(tmp_path: Path) -> None:
     """The hourly prune goes PRUNE_STEP records at a time, oldest first, and keeps the rest."""
-    import asyncio
-    import time
-
-    from app import persistence
-    from app.persistence import Persistence
-
     store = SqliteStore(str(tmp_path / "d.db"), 4096)
     now = time.time()
     old = [
@@ -430,10 +443,6 @@ def test_prune_in_steps_drops_only_expired_records(tmp_path: Path) -> None:
 def test_writer_process_takes_values_marshal_cannot(tmp_path: Path) -> None:
     """A row with a str subclass or an IntEnum in it (marshal refuses both) is encoded on the
     loop instead, and stored as the plain values."""
-    import asyncio
-    import enum
-
-    from app.persistence import Persistence
 
     class Text(str):
         pass
@@ -442,18 +451,11 @@ def test_writer_process_takes_values_marshal_cannot(tmp_path: Path) -> None:
         SEVEN = 7
 
     async def scenario() -> None:
-        rig = Rig()
-        store = SqliteStore(str(tmp_path / "d.db"), 4096)
-        db = Persistence(rig.eng, store)
-        released: list[list[Any]] = []
-        db.start(released.append, asyncio.get_running_loop())
-        call = Call(1)
-        inv = one(rig.recv(call.invite()), method="INVITE")
-        one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
-        (dlg,) = rig.eng.dirty
+        rig, store, db, released, _ = serving(tmp_path)
+        dlg = answered(rig)[2]
         dlg.from_uri = Text(dlg.from_uri)
         dlg.local_cseq_caller = Number.SEVEN
-        assert db.route(["200 OK"], 10.0) == []
+        assert db.dispatch(["200 OK"], 10.0) == []
         await db.settle()
         assert released == [["200 OK"]] and db.failures == 0
         (row,) = store.load()
@@ -469,28 +471,13 @@ def test_a_stopped_writer_is_reported_and_its_messages_leave_when_it_resumes(
 ) -> None:
     """SIGSTOP the writer process with a commit in flight: the wait is logged with what is
     held; after SIGCONT the commit completes and the messages leave, in order."""
-    import asyncio
-    import os
-    import signal
-
-    from app import persistence
-    from app.db_writer import ProcessWriter
-    from app.persistence import Persistence
 
     async def scenario() -> None:
-        rig = Rig()
-        store = SqliteStore(str(tmp_path / "d.db"), 4096)
-        db = Persistence(rig.eng, store)
-        released: list[list[Any]] = []
-        db.start(released.append, asyncio.get_running_loop())
-        writer = db.writer
-        assert isinstance(writer, ProcessWriter)
+        rig, store, db, released, writer = serving(tmp_path)
         os.kill(writer.proc.pid, signal.SIGSTOP)
         try:
-            call = Call(1)
-            inv = one(rig.recv(call.invite()), method="INVITE")
-            one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
-            assert db.route(["200 OK"], 10.0) == []
+            answered(rig)
+            assert db.dispatch(["200 OK"], 10.0) == []
             assert db.hold(["180 of the same call"])
             await asyncio.sleep(0.3)
             assert not db.check_stalled()  # not yet over STALL_AFTER
