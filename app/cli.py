@@ -42,7 +42,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--gc-rescan-period",
         type=int,
         metavar="S",
-        help="full garbage-collector rescan of long-lived objects every S seconds (3600; 0 never)",
+        help="rescan long-lived objects for garbage cycles every S seconds "
+        "(0: only when the watchdog sees a leak)",
     )
     p.add_argument(
         "--bye-on-timeout",

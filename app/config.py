@@ -33,8 +33,9 @@ class Settings:
     max_message_size: int = 65536
     delete_delay: int = 0
     tcp_idle_timeout: int = 120
-    #: Seconds between full rescans of the objects the collector froze (0: never).
-    gc_rescan_period: int = 3600
+    #: Seconds between scheduled rescans of the objects the collector froze (0: only when the
+    #: watchdog of app/gc_policy.py sees more of them than the engine's state explains).
+    gc_rescan_period: int = 0
     log_level: str = "info"
     # Persistence (docs/persistence.md): SQLite file, relative paths under data_dir.
     db: str = "sqlite:///sipdlg.db"

@@ -17,9 +17,11 @@ time, so the SIP hot path only bumps ints.  Metric families:
   not_found);
 * ``sipdlg_events_published_total``, ``sipdlg_event_consumers{kind}``,
   ``sipdlg_events_{delivered,dropped,failed}_total{kind,consumer}``;
-* ``sipdlg_event_loop_lag_seconds`` (last sample) and a histogram of samples;
+* ``sipdlg_event_loop_lag_seconds`` (last sample), ``..._lag_max_seconds`` and a histogram
+  of samples;
 * ``sipdlg_gc_pause_seconds`` (histogram), ``sipdlg_gc_pause_max_seconds``,
-  ``sipdlg_gc_frozen_objects`` and ``sipdlg_gc_rescans_total`` (app/gc_policy.py);
+  ``sipdlg_gc_frozen_objects``, ``sipdlg_gc_frozen_budget``, ``sipdlg_gc_rescans_total`` and
+  ``sipdlg_gc_rescan_freed_objects_total`` (app/gc_policy.py);
 * with a database: ``sipdlg_db_commits_total``, ``sipdlg_db_rows_written_total``,
   ``sipdlg_db_write_failures_total``, ``sipdlg_db_commit_seconds`` (histogram),
   ``sipdlg_db_uncommitted_dialogs``, ``sipdlg_db_held_messages``, ``sipdlg_db_writer{kind}``
@@ -203,6 +205,7 @@ class SipdlgCollector(Collector):
         lag = life.lag.hist
         yield gauge("sipdlg_event_loop_lag_seconds", "Last event-loop lag sample", lag.last)
         yield histogram("sipdlg_event_loop_lag_samples_seconds", "Event-loop lag samples", lag)
+        yield gauge("sipdlg_event_loop_lag_max_seconds", "Longest event-loop lag so far", lag.max)
 
         db = getattr(life.service, "db", None)
         if db is not None:
@@ -255,7 +258,17 @@ class SipdlgCollector(Collector):
                 "Long-lived objects kept out of the collector's scans (app/gc_policy.py)",
                 policy.frozen(),
             )
+            yield gauge(
+                "sipdlg_gc_frozen_budget",
+                "Frozen objects the engine's dialogs, transactions and timers explain",
+                policy.budget(),
+            )
             yield counter("sipdlg_gc_rescans", "Full rescans of the frozen objects", policy.rescans)
+            yield counter(
+                "sipdlg_gc_rescan_freed_objects",
+                "Unreachable objects the rescans found: leaked reference cycles (0 expected)",
+                policy.rescan_freed,
+            )
 
 
 def make_registry(life: Lifecycle) -> CollectorRegistry:

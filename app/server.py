@@ -70,7 +70,7 @@ class SipService:
         #: Dialog persistence (app/persistence.py), set by run() unless ``--db none``.
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self.gc = GcPolicy(settings.gc_rescan_period)
+        self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

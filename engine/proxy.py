@@ -112,6 +112,11 @@ class Engine:
 
     # -- shell interface ------------------------------------------------------------------------
 
+    def held(self) -> int:
+        """Dialogs, transactions and timers held: what the shell's garbage-collector
+        watchdog measures the frozen objects against (app/gc_policy.py)."""
+        return len(self.dialogs) + len(self.server_txns) + len(self.client_txns) + len(self.timers)
+
     def wall(self) -> float:
         return self.now + self.wall_offset
 

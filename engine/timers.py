@@ -85,7 +85,12 @@ class TimerQueue:
             if not timer.active:
                 self._cancelled -= 1
             else:
+                # Fired timers hold nothing: a transaction keeps its last timer, and a
+                # callback still in it would be a reference cycle back to the transaction.
                 timer.active = False
-                timer.callback(*timer.args)
+                callback, args = timer.callback, timer.args
+                timer.callback = _noop
+                timer.args = ()
+                callback(*args)
                 ran += 1
         return ran

@@ -308,7 +308,8 @@ class Call:
         frm = f"{inv.msg.header('to')};tag={self.ttag}"
         return crlf(
             f"{method} {self.caller_contact} SIP/2.0\n"
-            f"Via: SIP/2.0/UDP {CALLEE[0]}:{CALLEE[1]};branch=z9hG4bK-uas-{method}-{cseq}\n"
+            f"Via: SIP/2.0/UDP {CALLEE[0]}:{CALLEE[1]}"
+            f";branch=z9hG4bK-uas-{method}-{self.n}-{cseq}\n"
             f"{route_lines}"
             f"Max-Forwards: 70\n"
             f"From: {frm}\n"
