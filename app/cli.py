@@ -58,6 +58,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument("--ping-interval", type=int, metavar="S", help="seconds between pings (30)")
     p.add_argument("--ping-timeout", type=int, metavar="S", help="ping answer deadline (5)")
+    p.add_argument(
+        "--race-condition-timeout",
+        type=int,
+        metavar="S",
+        help="lifetime left to a call whose CANCEL crossed its 2xx (5)",
+    )
     p.add_argument("--ended-records", type=int, metavar="N", help="ended calls kept (10000)")
     p.add_argument(
         "--webhook",

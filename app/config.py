@@ -49,6 +49,7 @@ class Settings:
     ping: str = "none"
     ping_interval: int = 30
     ping_timeout: int = 5
+    race_condition_timeout: int = 5
     ended_records: int = 10000
     webhook: list[str] = field(default_factory=list)
     webhook_timeout: int = 5
@@ -76,6 +77,7 @@ INT_FIELDS = {
     "ended_retention",
     "ping_interval",
     "ping_timeout",
+    "race_condition_timeout",
     "ended_records",
     "webhook_timeout",
     "event_queue",
@@ -205,6 +207,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"ping: expected one of {', '.join(PING_MODES)}, got {settings.ping!r}")
     if settings.ping_interval <= 0 or settings.ping_timeout <= 0:
         raise ConfigError("ping_interval and ping_timeout must be positive")
+    if settings.race_condition_timeout <= 0:
+        raise ConfigError("race_condition_timeout must be positive")
     if settings.webhook_timeout <= 0 or settings.event_queue <= 0:
         raise ConfigError("webhook_timeout and event_queue must be positive")
     if settings.ended_records < 0:

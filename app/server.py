@@ -45,6 +45,7 @@ class SipService:
             ping=settings.ping,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
+            race_condition_timeout=settings.race_condition_timeout,
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())

@@ -59,6 +59,7 @@ class EndReason:
     CALLER_PING_TIMEOUT: Final = "Caller Ping Timeout"
     CALLEE_PING_TIMEOUT: Final = "Callee Ping Timeout"
     CANCELLED: Final = "Cancelled"
+    SIP_RACE_CONDITION: Final = "SIP Race Condition"
     FAILED: Final = "Failed"
 
 
@@ -159,6 +160,10 @@ class Dialog:
     ended: float = 0.0
     #: The running lifetime timer (engine.timers.Timer), if any.
     timer: object | None = None
+    #: A CANCEL and the 2xx crossed (OpenSIPS's race condition): the caller may never ACK or
+    #: BYE a call it believes cancelled, so the lifetime is cut short and its end is reported
+    #: as "SIP Race Condition".
+    race_condition: bool = False
 
     @property
     def did(self) -> str:

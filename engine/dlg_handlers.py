@@ -143,6 +143,23 @@ def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) 
         dlg_ping.start(eng, dlg)
     if old is not None:
         eng.notify(dlg, old)
+    stx = ctx.server
+    if stx is not None and stx.cancelled:
+        on_race_condition(eng, dlg)  # answered after the caller's CANCEL: it lost the race
+
+
+def on_race_condition(eng: Engine, dlg: Dialog) -> None:
+    """A CANCEL and a 2xx crossed: the call is up, but its caller may believe it cancelled and
+    never ACK or BYE it.  As OpenSIPS does, the lifetime is cut to ``race_condition_timeout``;
+    a BYE within it ends the call as usual, else both sides get a BYE ("SIP Race Condition")."""
+    if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED) or dlg.race_condition:
+        return
+    dlg.race_condition = True
+    if dlg.end_reason == EndReason.CANCELLED:
+        dlg.end_reason = None  # it was answered, not cancelled
+    timeout = eng.config.race_condition_timeout
+    if dlg.timeout == 0 or dlg.timeout > eng.wall() + timeout:
+        arm_lifetime(eng, dlg, timeout)
 
 
 def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float) -> None:
@@ -160,7 +177,9 @@ def on_lifetime(eng: Engine, dlg: Dialog) -> None:
     if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
         return
     eng.stats.expired_dialogs += 1
-    if eng.config.bye_on_timeout:
+    if dlg.race_condition:
+        dlg_req_within.end_dialog(eng, dlg, EndReason.SIP_RACE_CONDITION, "")
+    elif eng.config.bye_on_timeout:
         dlg_req_within.end_dialog(eng, dlg, EndReason.LIFETIME_TIMEOUT, "")
     else:  # without flag B the dialog just expires: no BYE, no reason (reference §5.2)
         terminate(eng, dlg, None)

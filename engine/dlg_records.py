@@ -30,6 +30,7 @@ BYE_SENDER = {
     EndReason.MI_TERMINATION: "engine",
     EndReason.CALLER_PING_TIMEOUT: "engine",
     EndReason.CALLEE_PING_TIMEOUT: "engine",
+    EndReason.SIP_RACE_CONDITION: "engine",
 }
 
 #: The keys of a record, in output order.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from . import dlg_handlers, dlg_req_within
 from .address import parse_uri, split_values
-from .dialog import Dialog, DlgState, Socket
+from .dialog import Dialog, DlgState, EndReason, Socket
 from .dlg_table import DialogTable
 from .events import DialogStateChanged, Send
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
@@ -61,6 +61,8 @@ class EngineConfig:
     ping_interval: float = 30.0
     #: No final answer to a ping within this many seconds ends the dialog.
     ping_timeout: float = 5.0
+    #: Lifetime left to a call whose CANCEL crossed its 2xx (OpenSIPS ``race_condition_timeout``).
+    race_condition_timeout: int = 5
 
 
 class Engine:
@@ -516,11 +518,14 @@ class Engine:
         self.server_txns[key] = stx
         stx.to_tag = inv.to_tag
         self.reply(stx, 200, "OK")
+        if inv.state is TxState.ACCEPTED and inv.dialog is not None:
+            dlg_handlers.on_race_condition(self, inv.dialog)  # the 2xx crossed this CANCEL
+            return
         if inv.state is not TxState.PROCEEDING or inv.cancelled:
             return
         inv.cancelled = True
         if inv.dialog is not None and inv.dialog.state < DlgState.CONFIRMED_NA:
-            inv.dialog.set_end_reason("Cancelled")  # not for a re-INVITE's CANCEL
+            inv.dialog.set_end_reason(EndReason.CANCELLED)  # not for a re-INVITE's CANCEL
         if inv.client is not None:
             dlg_req_within.cancel_branch(self, inv.client)
         else:

@@ -3,9 +3,9 @@
 The server freezes long-lived objects out of the cyclic collector's scans (app/gc_policy.py),
 so a cycle created per call would only be found by a rescan: memory would grow with every call.
 Here the collector is off while calls of every kind run through the engine (answered, rejected,
-cancelled, unanswered, ended by the MI, by their lifetime and by a failed ping, re-INVITEd,
-over TCP, forked, refused as malformed), their timers run out, and then a collection must find
-nothing unreachable.  Also run against the compiled engine (tests/test_native.py).
+cancelled, CANCEL crossing the 2xx, unanswered, ended by the MI, by their lifetime and by a
+failed ping, re-INVITEd, over TCP, forked, refused as malformed), their timers run out, and
+then a collection must find nothing unreachable.  Also run against the compiled engine (tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def cancelled(rig: Rig, call: Call) -> None:
     rig.recv(call.answer_request(cancel), src=CALLEE)
     final = one(rig.recv(call.reply(inv, 487, "Request Terminated"), src=CALLEE), status=487)
     rig.recv(call.ack_non2xx(final))
+
+
+def cancel_crossing_2xx(rig: Rig, call: Call) -> None:
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    rig.recv(call.cancel())
+    rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE)  # ended by the race timeout
 
 
 def unanswered(rig: Rig, call: Call) -> None:
@@ -120,6 +126,7 @@ SCENARIOS: list[Callable[[Rig, Call], None]] = [
     reinvited,
     rejected,
     cancelled,
+    cancel_crossing_2xx,
     unanswered,
     ringing_forever,
     forked_early,
