@@ -20,7 +20,7 @@ time, so the SIP hot path only bumps ints.  Metric families:
 * ``sipdlg_event_loop_lag_seconds`` (last sample), ``..._lag_max_seconds`` and a histogram
   of samples;
 * ``sipdlg_gc_pause_seconds`` (histogram), ``sipdlg_gc_pause_max_seconds``,
-  ``sipdlg_gc_frozen_objects``, ``sipdlg_gc_frozen_budget``, ``sipdlg_gc_rescans_total`` and
+  ``sipdlg_memory_allocated_blocks`` and its ``..._budget``, ``sipdlg_gc_rescans_total`` and
   ``sipdlg_gc_rescan_freed_objects_total`` (app/gc_policy.py);
 * with a database: ``sipdlg_db_commits_total``, ``sipdlg_db_rows_written_total``,
   ``sipdlg_db_write_failures_total``, ``sipdlg_db_commit_seconds`` (histogram),
@@ -254,13 +254,13 @@ class SipdlgCollector(Collector):
                 "sipdlg_gc_pause_max_seconds", "Longest collector pause so far", policy.pause_max
             )
             yield gauge(
-                "sipdlg_gc_frozen_objects",
-                "Long-lived objects kept out of the collector's scans (app/gc_policy.py)",
-                policy.frozen(),
+                "sipdlg_memory_allocated_blocks",
+                "Memory blocks Python has allocated (the gc watchdog's measure)",
+                policy.allocated_blocks(),
             )
             yield gauge(
-                "sipdlg_gc_frozen_budget",
-                "Frozen objects the engine's dialogs, transactions and timers explain",
+                "sipdlg_memory_allocated_blocks_budget",
+                "Blocks the engine's dialogs, transactions and timers explain (app/gc_policy.py)",
                 policy.budget(),
             )
             yield counter("sipdlg_gc_rescans", "Full rescans of the frozen objects", policy.rescans)

@@ -3,7 +3,7 @@
 SIPp ``-sn uac`` → ``sipdlg serve`` → SIPp ``-sn uas`` on loopback UDP at ``--rate`` calls/s
 for ``--minutes``, then ``--settle`` seconds with no load.  Every ``--every`` seconds one row:
 elapsed time, sipdlg's RSS (the process and its database writer, if any), dialogs in the table,
-the garbage collector's frozen objects, the longest event-loop lag and collector pause so far.
+Python's allocated memory blocks, the longest event-loop lag and collector pause so far.
 
 At the end: RSS at 5 minutes and at the end of the load, the slope over the load after the
 first 5 minutes (KB per minute and bytes per call), RSS after the settle period, failed calls
@@ -106,7 +106,7 @@ def main() -> None:
             trace_msg=False, name="uac",
         )  # fmt: skip
         rows: list[tuple[float, int, dict[str, float]]] = []
-        print("   t s   RSS MB  dialogs   frozen objs  lag-max ms  gc-max ms  CPU s", flush=True)
+        print("   t s   RSS MB  dialogs  blocks/1000  lag-max ms  gc-max ms  CPU s", flush=True)
 
         def sample(t: float) -> None:
             m = metrics(url)
@@ -114,7 +114,7 @@ def main() -> None:
             rows.append((t, rss, m))
             print(
                 f"{t:6.0f}  {rss / 1e6:7.1f}  {m.get('sipdlg_dialogs_in_memory', -1):7.0f}  "
-                f"{m.get('sipdlg_gc_frozen_objects', -1):12.0f}  "
+                f"{m.get('sipdlg_memory_allocated_blocks', -1000) / 1000:11.0f}  "
                 f"{m.get('sipdlg_event_loop_lag_max_seconds', -1) * 1000:10.1f}  "
                 f"{m.get('sipdlg_gc_pause_max_seconds', -1) * 1000:9.1f}  "
                 f"{tree_cpu_seconds(pid):6.0f}",

@@ -169,7 +169,7 @@ def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float) -> None:
         timer.cancel()  # type: ignore[attr-defined]
     dlg.timeout = int(eng.wall() + seconds)
     eng.mark_dirty(dlg)
-    dlg.timer = eng.timers.call_at(eng.now + seconds, on_lifetime, eng, dlg)
+    dlg.timer = eng.timers.call_later(eng.now, seconds, on_lifetime, eng, dlg)
 
 
 def on_lifetime(eng: Engine, dlg: Dialog) -> None:
@@ -237,7 +237,7 @@ def _ended(eng: Engine, dlg: Dialog, old: DlgState | None) -> None:
         hook(dlg)
     delay = eng.config.delete_delay
     if delay > 0:
-        eng.timers.call_at(eng.now + delay, eng.dialogs.remove, dlg)
+        eng.timers.call_later(eng.now, delay, eng.dialogs.remove, dlg)
     else:
         eng.dialogs.remove(dlg)
 

@@ -36,11 +36,11 @@ _LIVE = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
 def start(eng: Engine, dlg: Dialog) -> None:
     """Arm the pings for a dialog that was just confirmed, per ``config.ping``."""
     mode = eng.config.ping
-    first = eng.now + eng.config.ping_interval
+    interval = eng.config.ping_interval
     if mode in ("caller", "both"):
-        eng.timers.call_at(first, ping, eng, dlg, True)
+        eng.timers.call_later(eng.now, interval, ping, eng, dlg, True)
     if mode in ("callee", "both"):
-        eng.timers.call_at(first, ping, eng, dlg, False)
+        eng.timers.call_later(eng.now, interval, ping, eng, dlg, False)
 
 
 def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
@@ -66,10 +66,10 @@ def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
 
     ctx = dlg_req_within.send_within(eng, dlg, "OPTIONS", to_caller=to_caller, handler=answered)
     if ctx is None:  # nothing to send to on this leg: try again later
-        eng.timers.call_at(eng.now + interval, ping, eng, dlg, to_caller)
+        eng.timers.call_later(eng.now, interval, ping, eng, dlg, to_caller)
         return
-    guard = eng.timers.call_at(
-        eng.now + eng.config.ping_timeout, _no_answer, eng, dlg, ctx, to_caller
+    guard = eng.timers.call_later(
+        eng.now, eng.config.ping_timeout, _no_answer, eng, dlg, ctx, to_caller
     )
 
 

@@ -146,7 +146,7 @@ def cancel_branch(eng: Engine, ctx: ClientTransaction) -> None:
     if ctx.cancelled:
         return
     ctx.cancelled = True
-    eng.timers.call_at(eng.now + 64 * T1, _cancel_guard, eng, ctx)
+    eng.timers.call_later(eng.now, 64 * T1, _cancel_guard, eng, ctx)
     if ctx.provisional:
         send_cancel(eng, ctx)
     else:

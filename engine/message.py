@@ -459,7 +459,7 @@ def validate_request(msg: SipMessage) -> None:
         raise SipError(400, "CSeq method does not match Request-Line")
     if counts["max-forwards"]:
         mf = msg.get("max-forwards") or ""
-        if counts["max-forwards"] > 1 or not mf.isdigit():
+        if counts["max-forwards"] > 1 or not (mf.isascii() and mf.isdigit()):
             raise SipError(400, "Malformed Max-Forwards")
     for i, raw in enumerate(contacts):
         if i == 0 and "," not in raw and raw != "*":
@@ -467,6 +467,7 @@ def validate_request(msg: SipMessage) -> None:
         elif raw != "*":
             for value in split_values(raw):
                 parse_name_addr(value)
+    msg.get_all("proxy-require")  # a malformed list is a 400 here, not an error later
     branch = msg.via.branch
     if branch is not None and branch == "z9hG4bK":
         raise SipError(400, "Missing transaction identifier in Via branch")

@@ -138,19 +138,19 @@ class ServerTransaction:
         if self.method == "INVITE":
             if status < 300:
                 self.state = TxState.ACCEPTED  # RFC 6026 Timer L
-                self._timer_end = timers.call_at(now + 64 * T1, self._terminate)
+                self._timer_end = timers.call_later(now, 64 * T1, self._terminate)
             else:
                 self.state = TxState.COMPLETED
                 if not self.reliable:
                     self._interval = T1
-                    self._timer_g = timers.call_at(now + T1, self._on_timer_g)
-                self._timer_end = timers.call_at(now + 64 * T1, self._terminate)  # Timer H
+                    self._timer_g = timers.call_later(now, T1, self._on_timer_g)
+                self._timer_end = timers.call_later(now, 64 * T1, self._terminate)  # Timer H
         else:
             self.state = TxState.COMPLETED
             if self.reliable:
                 self._terminate()
             else:
-                self._timer_end = timers.call_at(now + 64 * T1, self._terminate)  # Timer J
+                self._timer_end = timers.call_later(now, 64 * T1, self._terminate)  # Timer J
 
     def on_retransmission(self, msg: SipMessage) -> None:
         """The same request again: resend the last response, or absorb it."""
@@ -164,7 +164,7 @@ class ServerTransaction:
                 if self.reliable:
                     self._terminate()
                 else:  # Timer I
-                    self._timer_end = self.tu.timers.call_at(self.tu.now + T4, self._terminate)
+                    self._timer_end = self.tu.timers.call_later(self.tu.now, T4, self._terminate)
             return
         self.tu.count_retransmission()
         if self.state in (TxState.PROCEEDING, TxState.COMPLETED) and self.last_response:
@@ -175,7 +175,7 @@ class ServerTransaction:
             return
         self._transmit(self.last_response)
         self._interval = min(self._interval * 2, T2)
-        self._timer_g = self.tu.timers.call_at(self.tu.now + self._interval, self._on_timer_g)
+        self._timer_g = self.tu.timers.call_later(self.tu.now, self._interval, self._on_timer_g)
 
     def _terminate(self) -> None:
         if self.state is TxState.TERMINATED:
@@ -260,8 +260,8 @@ class ClientTransaction:
         timers = self.tu.timers
         now = self.tu.now
         if not self.reliable:  # Timer A / Timer E
-            self._timer_retx = timers.call_at(now + T1, self._on_retransmit)
-        self._timer_end = timers.call_at(now + 64 * T1, self._on_timeout)  # Timer B / Timer F
+            self._timer_retx = timers.call_later(now, T1, self._on_retransmit)
+        self._timer_end = timers.call_later(now, 64 * T1, self._on_timeout)  # Timer B / Timer F
 
     def _on_retransmit(self) -> None:
         if self.state not in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
@@ -275,7 +275,9 @@ class ClientTransaction:
             self._interval = T2
         else:
             self._interval = min(self._interval * 2, T2)
-        self._timer_retx = self.tu.timers.call_at(self.tu.now + self._interval, self._on_retransmit)
+        self._timer_retx = self.tu.timers.call_later(
+            self.tu.now, self._interval, self._on_retransmit
+        )
 
     def _on_timeout(self) -> None:
         if self.state in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
@@ -305,7 +307,7 @@ class ClientTransaction:
                         self._timer_end.cancel()
                     if self._timer_c:
                         self._timer_c.cancel()
-                    self._timer_c = tu.timers.call_at(tu.now + TIMER_C, self._on_timer_c)
+                    self._timer_c = tu.timers.call_later(tu.now, TIMER_C, self._on_timer_c)
                 if first or status > 100:
                     tu.client_response(self, msg)
             return
@@ -318,7 +320,7 @@ class ClientTransaction:
                     self._stop_timers()
                     self.request = None
                     self.state = TxState.ACCEPTED  # RFC 6026 Timer M
-                    self._timer_end = tu.timers.call_at(tu.now + 64 * T1, self._terminate)
+                    self._timer_end = tu.timers.call_later(tu.now, 64 * T1, self._terminate)
                     tu.client_response(self, msg)
                 return
             if state is TxState.COMPLETED:
@@ -339,7 +341,7 @@ class ClientTransaction:
                     tu.client_response(self, msg)
                     tu.client_terminated(self)
                     return
-                self._timer_end = tu.timers.call_at(tu.now + 32.0, self._terminate)  # Timer D
+                self._timer_end = tu.timers.call_later(tu.now, 32.0, self._terminate)  # Timer D
                 tu.client_response(self, msg)
             return
         if state in (TxState.TRYING, TxState.PROCEEDING):
@@ -350,7 +352,7 @@ class ClientTransaction:
             if self.reliable:
                 self._terminate()
             else:
-                self._timer_end = tu.timers.call_at(tu.now + T4, self._terminate)  # Timer K
+                self._timer_end = tu.timers.call_later(tu.now, T4, self._terminate)  # Timer K
 
     def _stop_timers(self) -> None:
         for t in (self._timer_retx, self._timer_end, self._timer_c):

@@ -5,7 +5,8 @@ so a cycle created per call would only be found by a rescan: memory would grow w
 Here the collector is off while calls of every kind run through the engine (answered, rejected,
 cancelled, CANCEL crossing the 2xx, unanswered, ended by the MI, by their lifetime and by a
 failed ping, re-INVITEd, over TCP, forked, refused as malformed), their timers run out, and
-then a collection must find nothing unreachable.  Also run against the compiled engine (tests/test_native.py).
+then a collection must find nothing unreachable.  Also run against the compiled engine
+(tests/test_native.py).
 """
 
 from __future__ import annotations

@@ -491,3 +491,17 @@ def test_tcp_messages_through_engine_with_conn() -> None:
     outs = rig.recv(call.reply(inv, 200, "OK"), src=CALLEE, sock=TCP, conn=7)
     ok = one(outs, status=200)
     assert ok.send.conn == 42 and ok.dest == CALLER
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Max-Forwards: \u00b2", "Max-Forwards: \u0663", 'Proxy-Require: " foo, bar'],
+    ids=["superscript-digit", "arabic-indic-digit", "unterminated-quote"],
+)
+def test_malformed_max_forwards_and_proxy_require_get_400(header: str) -> None:
+    rig = Rig()
+    call = Call()
+    invite = call.invite().replace(b"Max-Forwards: 70\r\n", (header + "\r\n").encode())
+    outs = rig.recv(invite)
+    assert [o.status for o in outs] == [400]
+    assert not rig.eng.server_txns
