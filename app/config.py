@@ -197,7 +197,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("ended_retention must not be negative")
     if settings.gc_rescan_period < 0:
         raise ConfigError("gc_rescan_period must not be negative (0: never)")
-    from engine.dlg_db import parse_db_url
+    from .store.sqlite import parse_db_url
 
     try:
         parse_db_url(settings.db, settings.data_dir)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, web
 
-from engine import dlg_handlers
+from engine import dlg_timer
 from engine.dialog import Dialog
 from engine.dlg_records import Record, RecordRing, install
 
@@ -63,7 +63,7 @@ class Lifecycle:
         """Re-arm a dialog's lifetime (MI ``dlg_set_timeout``) at the loop's current time."""
         service = self.service
         service.engine.now = service.loop.time()
-        ok = dlg_handlers.set_lifetime(service.engine, dlg, seconds)
+        ok = dlg_timer.set_lifetime(service.engine, dlg, seconds)
         service.flush()
         return ok
 

@@ -25,7 +25,7 @@ time, so the SIP hot path only bumps ints.  Metric families:
 * with a database: ``sipdlg_db_commits_total``, ``sipdlg_db_rows_written_total``,
   ``sipdlg_db_write_failures_total``, ``sipdlg_db_commit_seconds`` (histogram),
   ``sipdlg_db_uncommitted_dialogs``, ``sipdlg_db_held_messages``, ``sipdlg_db_writer{kind}``
-  and ``sipdlg_db_writer_restarts_total`` (app/persistence.py, app/db_writer.py).
+  and ``sipdlg_db_writer_restarts_total`` (app/store/).
 """
 
 from __future__ import annotations
@@ -128,6 +128,11 @@ class SipdlgCollector(Collector):
             len(engine.dialogs),
         )
         yield counter("sipdlg_dialogs_processed", "Dialogs created", st.processed_dialogs)
+        yield counter(
+            "sipdlg_dialogs_unexpected_transitions",
+            "(state, event) pairs the dialog table neither allows nor expects",
+            st.unexpected_transitions,
+        )
         yield counter(
             "sipdlg_dialogs_expired", "Dialogs whose lifetime ran out", st.expired_dialogs
         )

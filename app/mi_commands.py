@@ -201,7 +201,7 @@ async def dlg_end_dlg(service: MIService, params: BaseModel) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# dlg_db_sync, dlg_restore_db (persistence: app/persistence.py)
+# dlg_db_sync, dlg_restore_db (persistence: app/store/persistence.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -255,7 +255,7 @@ async def dlg_set_timeout(service: MIService, params: BaseModel) -> Any:
     if life is not None:
         ok = life.set_timeout(dlg, timeout)
     else:
-        from engine.dlg_handlers import set_lifetime
+        from engine.dlg_timer import set_lifetime
 
         ok = set_lifetime(service.engine, dlg, timeout)  # type: ignore[arg-type]
     if not ok:

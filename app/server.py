@@ -19,7 +19,7 @@ from engine.proxy import VERSION, Engine, EngineConfig
 from .config import Settings
 from .gc_policy import GcPolicy
 from .lifecycle import Lifecycle
-from .persistence import COMMIT_INTERVAL, Persistence, open_persistence
+from .store.persistence import COMMIT_INTERVAL, Persistence, open_persistence
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
@@ -68,7 +68,7 @@ class SipService:
         self._timer_when = float("inf")
         self._literal: dict[str, bool] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        #: Dialog persistence (app/persistence.py), set by run() unless ``--db none``.
+        #: Dialog persistence (app/store/persistence.py), set by run() unless ``--db none``.
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
         self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
@@ -78,7 +78,7 @@ class SipService:
     async def start(self) -> None:
         expired: list[Dialog] = []
         if self.db is not None:  # restored before the sockets open: no request misses them
-            self.db.attach_records(getattr(self, "records", None))
+            self.db.attach_records(self.records)
             self.engine.now = self.loop.time()
             expired = self.db.restore()[1]
         for sock in self.sockets:

@@ -37,9 +37,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 from _common import cpu_seconds  # noqa: E402
 from engine_calls import PROXY, UAC, UAS, in_dialog, invite, reply_to  # noqa: E402
 
-from app.persistence import Persistence  # noqa: E402
+from app.store.persistence import Persistence  # noqa: E402
+from app.store.sqlite import SqliteStore  # noqa: E402
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket  # noqa: E402
-from engine.dlg_db import SqliteStore, dialog_row, restore_dialogs  # noqa: E402
+from engine.dlg_db import dialog_row, restore_dialogs  # noqa: E402
+from engine.dlg_records import RecordRing, install  # noqa: E402
 from engine.dlg_table import callid_hash  # noqa: E402
 from engine.proxy import Engine, EngineConfig, NextHop  # noqa: E402
 
@@ -52,7 +54,9 @@ def engine_run(calls: int, db: str | None, batch: int, sync: str = "normal") -> 
     persist = None
     if db is not None:
         persist = Persistence(eng, SqliteStore(db, 4096, sync), mode="realtime")
-        persist.attach_records(None)  # ended-call records written too, as in the server
+        ring = RecordRing(10000)  # ended-call records written too, as in the server
+        install(eng, ring)
+        persist.attach_records(ring)
     pending = 0
     now = 0.0
 

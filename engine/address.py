@@ -10,15 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-
-class AddressError(ValueError):
-    """A header value that does not follow the grammar."""
+from .errors import SipError
 
 
 def _err(reason: str) -> Exception:
-    # Imported lazily to avoid an import cycle with message.py.
-    from .message import SipError
-
     return SipError(400, reason)
 
 
@@ -317,3 +312,14 @@ def _parse_via_slow(value: str) -> Via:
     if semi and not params:
         raise _err("Empty Via parameter")
     return Via(transport.upper(), host, port, params)
+
+
+def uri_target(uri: str, default_proto: str) -> tuple[str, str, int]:
+    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV)."""
+    u = parse_uri(uri)
+    if u.scheme not in ("sip", "sips"):
+        raise SipError(416, "Unsupported URI Scheme")
+    proto = u.transport or ("tcp" if u.scheme == "sips" else default_proto)
+    if proto not in ("udp", "tcp"):
+        raise SipError(503, f"Unsupported transport {proto}")
+    return proto, u.host, u.port or 5060

@@ -48,6 +48,18 @@ TRANSITIONS: dict[tuple[DlgState, DlgEvent], DlgState] = {
     (S.CONFIRMED, E.TERMINATE): S.DELETED,
 }
 
+#: Pairs that leave the state as it is and are normal (a 1xx after the first or after the
+#: 2xx, the ACK of a re-INVITE).  Any other pair missing from ``TRANSITIONS`` is counted as
+#: unexpected (``Stats.unexpected_transitions``).
+IGNORED: frozenset[tuple[DlgState, DlgEvent]] = frozenset(
+    {
+        (S.EARLY, E.PROVISIONAL),
+        (S.CONFIRMED_NA, E.PROVISIONAL),
+        (S.CONFIRMED, E.PROVISIONAL),
+        (S.CONFIRMED, E.ACK),
+    }
+)
+
 
 class EndReason:
     """``$DLG_end_reason`` texts (reference §5.2)."""

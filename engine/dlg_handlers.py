@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from . import dlg_ping, dlg_req_within
-from .address import split_values
+from . import dlg_ping, dlg_timer
+from .address import split_values, uri_target
 from .dialog import Dialog, DlgEvent, DlgState, EndReason, Socket
+from .dlg_life import fail, terminate, transition
 from .message import ENCODING, ERRORS, SipError, SipMessage
 from .transaction import ClientTransaction, ServerTransaction
 
@@ -83,14 +84,11 @@ def on_reply(eng: Engine, ctx: ClientTransaction, msg: SipMessage) -> None:
             sdp = sdp_of(msg)
             if sdp is not None:
                 leg.sdp = sdp
-            old = dlg.apply(DlgEvent.PROVISIONAL)
-            if old is not None:
-                eng.stats.early_dialogs += 1
-                eng.notify(dlg, old)
+            transition(eng, dlg, DlgEvent.PROVISIONAL)
         elif status < 300:
             _confirm(eng, ctx, dlg, msg)
         else:
-            on_failure(eng, dlg)
+            fail(eng, dlg)
         return
     if status < 200 or status >= 300 or ctx.method not in ("INVITE", "UPDATE"):
         return
@@ -131,115 +129,14 @@ def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) 
     rr = msg.get_all("record-route")
     ours = next((i for i, v in enumerate(rr) if eng.is_local_uri(_uri_of(v))), len(rr))
     leg.route_set = tuple(rr[:ours][::-1])
-    was_early = dlg.state is DlgState.EARLY
-    old = dlg.apply(DlgEvent.ANSWERED)
-    stats = eng.stats
-    if was_early:
-        stats.early_dialogs -= 1
-    stats.active_dialogs += 1
     dlg.timestart = int(eng.wall())
-    arm_lifetime(eng, dlg, dlg.lifetime)
+    transition(eng, dlg, DlgEvent.ANSWERED)
+    dlg_timer.arm_lifetime(eng, dlg, dlg.lifetime)
     if eng.config.ping != "none":
         dlg_ping.start(eng, dlg)
-    if old is not None:
-        eng.notify(dlg, old)
     stx = ctx.server
     if stx is not None and stx.cancelled:
-        on_race_condition(eng, dlg)  # answered after the caller's CANCEL: it lost the race
-
-
-def on_race_condition(eng: Engine, dlg: Dialog) -> None:
-    """A CANCEL and a 2xx crossed: the call is up, but its caller may believe it cancelled and
-    never ACK or BYE it.  As OpenSIPS does, the lifetime is cut to ``race_condition_timeout``;
-    a BYE within it ends the call as usual, else both sides get a BYE ("SIP Race Condition")."""
-    if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED) or dlg.race_condition:
-        return
-    dlg.race_condition = True
-    if dlg.end_reason == EndReason.CANCELLED:
-        dlg.end_reason = None  # it was answered, not cancelled
-    timeout = eng.config.race_condition_timeout
-    if dlg.timeout == 0 or dlg.timeout > eng.wall() + timeout:
-        arm_lifetime(eng, dlg, timeout)
-
-
-def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float) -> None:
-    """(Re)start the lifetime timer; ``timeout`` shows the absolute expiry."""
-    timer = dlg.timer
-    if timer is not None:
-        timer.cancel()  # type: ignore[attr-defined]
-    dlg.timeout = int(eng.wall() + seconds)
-    eng.mark_dirty(dlg)
-    dlg.timer = eng.timers.call_later(eng.now, seconds, on_lifetime, eng, dlg)
-
-
-def on_lifetime(eng: Engine, dlg: Dialog) -> None:
-    dlg.timer = None
-    if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
-        return
-    eng.stats.expired_dialogs += 1
-    if dlg.race_condition:
-        dlg_req_within.end_dialog(eng, dlg, EndReason.SIP_RACE_CONDITION, "")
-    elif eng.config.bye_on_timeout:
-        dlg_req_within.end_dialog(eng, dlg, EndReason.LIFETIME_TIMEOUT, "")
-    else:  # without flag B the dialog just expires: no BYE, no reason (reference §5.2)
-        terminate(eng, dlg, None)
-
-
-def set_lifetime(eng: Engine, dlg: Dialog, seconds: int) -> bool:
-    """Change a live dialog's remaining lifetime (MI ``dlg_set_timeout``); False if ended."""
-    if dlg.state is DlgState.DELETED:
-        return False
-    dlg.lifetime = seconds
-    if dlg.state in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
-        arm_lifetime(eng, dlg, seconds)
-    return True
-
-
-def on_failure(eng: Engine, dlg: Dialog) -> None:
-    """A negative final reply (or a timeout) to the initial INVITE."""
-    if dlg.state not in (DlgState.UNCONFIRMED, DlgState.EARLY):
-        return
-    was_early = dlg.state is DlgState.EARLY
-    old = dlg.apply(DlgEvent.FAILED)
-    stats = eng.stats
-    stats.failed_dialogs += 1
-    if was_early:
-        stats.early_dialogs -= 1
-    _ended(eng, dlg, old)
-
-
-def terminate(eng: Engine, dlg: Dialog, reason: str | None) -> None:
-    """End a dialog (state 5) with ``reason`` unless an earlier one was set."""
-    if reason is not None:
-        dlg.set_end_reason(reason)
-    previous = dlg.state
-    old = dlg.apply(DlgEvent.TERMINATE)
-    if old is None:
-        return
-    stats = eng.stats
-    if previous in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
-        stats.active_dialogs -= 1
-    elif previous is DlgState.EARLY:
-        stats.early_dialogs -= 1
-    _ended(eng, dlg, old)
-
-
-def _ended(eng: Engine, dlg: Dialog, old: DlgState | None) -> None:
-    dlg.ended = eng.now
-    eng.mark_dirty(dlg)
-    timer = dlg.timer
-    if timer is not None:
-        timer.cancel()  # type: ignore[attr-defined]
-        dlg.timer = None
-    if old is not None:
-        eng.notify(dlg, old)
-    for hook in eng.ended_hooks:
-        hook(dlg)
-    delay = eng.config.delete_delay
-    if delay > 0:
-        eng.timers.call_later(eng.now, delay, eng.dialogs.remove, dlg)
-    else:
-        eng.dialogs.remove(dlg)
+        dlg_timer.on_race_condition(eng, dlg)  # answered after the CANCEL: it lost the race
 
 
 def _match(eng: Engine, callid: str, from_tag: str, to_tag: str) -> tuple[Dialog | None, int]:
@@ -293,10 +190,8 @@ def route_in_dialog(
         elif cseq > dlg.callee_cseq:
             dlg.callee_cseq = cseq
     if method == "ACK":
-        old = dlg.apply(DlgEvent.ACK)
-        if old is not None:
+        if transition(eng, dlg, DlgEvent.ACK) is not None:
             eng.mark_state(dlg)
-            eng.notify(dlg, old)
     elif method in ("INVITE", "UPDATE"):
         contact = msg.contact
         sdp = sdp_of(msg)
@@ -346,8 +241,6 @@ def _send_on(
     conn: int | None,
 ) -> None:
     """Forward to the first Route, else to the Request-URI."""
-    from .proxy import uri_target
-
     routes = msg.get("route")
     uri = _uri_of(split_values(routes)[0]) if routes else msg.ruri
     proto, host, port = uri_target(uri, default.proto)

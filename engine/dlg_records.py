@@ -4,7 +4,7 @@
 returns); :class:`RecordRing` keeps the newest ``size`` of them in memory.  ``install`` feeds a
 ring from ``Engine.ended_hooks``.  Sans-I/O: no clock is read here, times come from the engine.
 
-For persistence (``engine/dlg_db.py``): call :meth:`RecordRing.add` with stored records (oldest
+For persistence (``app/store/``): call :meth:`RecordRing.load` with stored records (oldest
 first) to restore them, iterate the ring for newest-first order, and append a callable to
 :attr:`RecordRing.subscribers` to be handed each new record as it is added.
 """
@@ -12,7 +12,7 @@ first) to restore them, iterate the ring for newest-first order, and append a ca
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .dialog import Dialog, EndReason
@@ -102,6 +102,10 @@ class RecordRing:
 
     def __iter__(self) -> Iterator[Record]:
         return reversed(self._ring)
+
+    def load(self, records: Iterable[Record]) -> None:
+        """Put back stored records, oldest first: not new ends, so no subscriber is told."""
+        self._ring.extend(records)
 
     def add(self, record: Record) -> None:
         self._ring.append(record)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import dlg_handlers
+from .address import uri_target
 from .dialog import Dialog, DlgState
+from .dlg_life import fail, terminate
 from .message import ENCODING, ERRORS, SipError, SipMessage, parse
 from .transaction import T1, ClientTransaction, TxState
 
@@ -33,7 +34,7 @@ def end_dialog(eng: Engine, dlg: Dialog, reason: str, extra_headers: str) -> boo
     extra = _header_block(eng.config.bye_extra_headers) + _header_block(extra_headers)
     send_bye(eng, dlg, to_caller=True, extra=extra)
     send_bye(eng, dlg, to_caller=False, extra=extra)
-    dlg_handlers.terminate(eng, dlg, reason)
+    terminate(eng, dlg, reason)
     return True
 
 
@@ -66,8 +67,6 @@ def send_within(
     above anything that party has seen (its peer's requests and ours).  None when the leg has
     no usable target.
     """
-    from .proxy import uri_target
-
     leg = dlg.callee
     callee_tag = leg.tag if leg is not None else ""
     if to_caller:
@@ -193,7 +192,7 @@ def _cancel_guard(eng: Engine, ctx: ClientTransaction) -> None:
         return
     ctx._terminate()
     if ctx.dialog is not None:
-        dlg_handlers.on_failure(eng, ctx.dialog)
+        fail(eng, ctx.dialog)
     stx = ctx.server
     if stx is not None and stx.state in (TxState.TRYING, TxState.PROCEEDING):
         eng.reply(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .message import SipError
+from .errors import SipError
 
 _CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 

@@ -11,6 +11,7 @@ import re
 from typing import Final
 
 from .address import NameAddr, Via, parse_name_addr, parse_via, split_values
+from .errors import SipError
 
 ENCODING: Final = "utf-8"
 ERRORS: Final = "surrogateescape"
@@ -98,18 +99,6 @@ KNOWN_METHODS: Final = frozenset(
 )
 
 
-class SipError(Exception):
-    """A message that cannot be processed; ``status`` is the response a request deserves.
-
-    ``status`` 0 means "drop silently" (responses, garbage without a usable Via).
-    """
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-
-
 def header_key(name: str) -> str:
     """Canonical lowercase long form of a header name."""
     key = name.strip().lower()
@@ -156,10 +145,6 @@ class SipMessage:
         return cls(method, ruri, 0, "", hdrs, body)
 
     # -- header access ------------------------------------------------------------------------
-
-    @property
-    def is_request(self) -> bool:
-        return self.method is not None
 
     def get(self, key: str) -> str | None:
         """Value of the first header with canonical name ``key``."""

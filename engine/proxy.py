@@ -14,8 +14,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import dlg_handlers, dlg_req_within
-from .address import parse_uri, split_values
+from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer
+from .address import parse_uri, split_values, uri_target
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dlg_table import DialogTable
 from .events import DialogStateChanged, Send
@@ -161,7 +161,7 @@ class Engine:
             self._on_request(msg, socket, src, conn)
 
     def mark_dirty(self, dlg: Dialog) -> None:
-        """Note that ``dlg`` changed in a way worth persisting (see engine/dlg_db.py)."""
+        """Note that ``dlg`` changed in a way worth persisting (engine/dlg_db.py, app/store/)."""
         if self.track_dirty:
             self.dirty.add(dlg)
             self.state_only.discard(dlg)
@@ -519,7 +519,7 @@ class Engine:
         stx.to_tag = inv.to_tag
         self.reply(stx, 200, "OK")
         if inv.state is TxState.ACCEPTED and inv.dialog is not None:
-            dlg_handlers.on_race_condition(self, inv.dialog)  # the 2xx crossed this CANCEL
+            dlg_timer.on_race_condition(self, inv.dialog)  # the 2xx crossed this CANCEL
             return
         if inv.state is not TxState.PROCEEDING or inv.cancelled:
             return
@@ -623,17 +623,6 @@ class Engine:
             dlg_req_within.cancel_branch(self, txn)
             return
         if txn.dialog is not None and txn.method == "INVITE" and txn.direction == 0:
-            dlg_handlers.on_failure(self, txn.dialog)
+            dlg_life.fail(self, txn.dialog)
         if stx is not None and stx.state in (TxState.TRYING, TxState.PROCEEDING):
             self.reply(stx, 408, "Request Timeout")
-
-
-def uri_target(uri: str, default_proto: str) -> tuple[str, str, int]:
-    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV)."""
-    u = parse_uri(uri)
-    if u.scheme not in ("sip", "sips"):
-        raise SipError(416, "Unsupported URI Scheme")
-    proto = u.transport or ("tcp" if u.scheme == "sips" else default_proto)
-    if proto not in ("udp", "tcp"):
-        raise SipError(503, f"Unsupported transport {proto}")
-    return proto, u.host, u.port or 5060

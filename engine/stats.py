@@ -46,6 +46,7 @@ class Stats:
         "replies_by_class",
         "sent_requests_by_method",
         "sent_replies_by_class",
+        "unexpected_transitions",
     )
 
     def __init__(self) -> None:
@@ -71,6 +72,8 @@ class Stats:
         self.parse_errors: int = 0
         self.retransmissions: int = 0
         self.tcp_connections: int = 0
+        #: (state, event) pairs the dialog table neither allows nor expects (engine.dlg_life).
+        self.unexpected_transitions: int = 0
         self.requests_by_method: Counter[str] = Counter()
         self.replies_by_class: Counter[str] = Counter()
         #: Outgoing messages (retransmissions included), keyed by raw bytes to stay cheap:

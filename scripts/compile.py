@@ -24,6 +24,9 @@ STAMP = os.path.join(OUT, ".sources")
 MODULES = [
     "address",
     "dialog",
+    "dlg_life",
+    "dlg_timer",
+    "errors",
     "dlg_handlers",
     "dlg_req_within",
     "dlg_table",

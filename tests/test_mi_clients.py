@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from helpers.mi_fake import FakeService
 
 from app import mi_client
 from app.mi import create_mi_app
-from app.mi_testing import FakeService
 from schemas import COMMANDS, mi_json_schema
 
 BIN = Path(sys.executable).parent

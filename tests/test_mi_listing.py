@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from helpers.mi_fake import FakeService
 from test_mi_samples import check_dialog
 
 from app.mi import create_mi_app
-from app.mi_testing import FakeService
 
 
 async def _ticker(gaps: list[float], stop: asyncio.Event) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from helpers.mi_fake import FakeService, make_dialog
 from helpers.shared import SAMPLES_DIR
 
 from app.mi import create_mi_app
-from app.mi_testing import FakeService, make_dialog
 from engine.dialog import DlgState
 from schemas.mi import DialogCtxOut, DialogOut
 

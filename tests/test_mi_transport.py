@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from helpers.mi_fake import FakeService
 from test_mi_samples import check_dialog, raw_http
 
 from app.mi import check_mi_exposure, create_mi_app
-from app.mi_testing import FakeService
 from engine.dialog import DlgState
 
 

@@ -32,13 +32,13 @@ def msg_with(
 
 def test_request_line() -> None:
     m = parse(BASIC)
-    assert m.is_request and m.method == "OPTIONS" and m.ruri == "sip:bob@example.com"
+    assert m.method == "OPTIONS" and m.ruri == "sip:bob@example.com"
     assert m.status == 0
 
 
 def test_status_line_and_reason_phrase() -> None:
     m = parse(crlf("SIP/2.0 180 Ringing Now\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\n\n"))
-    assert not m.is_request and m.status == 180 and m.reason == "Ringing Now"
+    assert m.method is None and m.status == 180 and m.reason == "Ringing Now"
     m = parse(crlf("SIP/2.0 100 \nVia: SIP/2.0/UDP h;branch=z9hG4bKx\n\n"))
     assert m.status == 100 and m.reason == ""
 

@@ -151,7 +151,7 @@ def test_kill9_restart_100_calls(
     """100 established calls, kill -9, restart on the same file: same 100 IDs in state 4;
     dlg_end_dlg on each reaches both parties with a higher CSeq; zero calls lost.  With
     ``--db-sync normal`` realtime commits run in the writer process (which exits with the
-    server), with ``full`` on the writer thread (app/persistence.py)."""
+    server), with ``full`` on the writer thread (app/store/persistence.py)."""
     db = db_url(tmp_path / "dlg.db")
     uas = sipp_uas("uas_answer")
     server = sipdlg_server(uas_port=uas.port, db=db, db_sync=db_sync)
@@ -411,7 +411,8 @@ def make_db(tmp_path: Path, name: str = "dlg.db", dialogs: int = 3) -> Path:
     """A valid sipdlg database holding a few confirmed dialogs (written by the store)."""
     from test_persistence_store import fake_dialog
 
-    from engine.dlg_db import SqliteStore, dialog_row
+    from app.store.sqlite import SqliteStore
+    from engine.dlg_db import dialog_row
 
     path = tmp_path / name
     store = SqliteStore(str(path), 4096)

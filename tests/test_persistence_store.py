@@ -1,4 +1,4 @@
-"""The storage layer (engine/dlg_db.py) and the dirty tracking of the engine, without
+"""The storage layer (engine/dlg_db.py, app/store/) and the dirty tracking of the engine, without
 processes: rows round-trip every field, restore re-arms lifetimes and stats, the engine marks
 each change, the SQLite file is versioned, locked and checked."""
 
@@ -16,19 +16,16 @@ from typing import Any, NamedTuple
 import pytest
 from test_engine_kit import CALLEE, TCP, UDP, Call, Out, Rig, one
 
-from app import persistence
-from app.db_writer import ProcessWriter
-from app.persistence import COMMIT_INTERVAL, Persistence
+from app.store import persistence
+from app.store.persistence import COMMIT_INTERVAL, Persistence
+from app.store.sqlite import SCHEMA_VERSION, SqliteStore, open_store, parse_db_url
+from app.store.writer import ProcessWriter
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket
 from engine.dlg_db import (
     DIALOG_COLUMNS,
-    SCHEMA_VERSION,
     DbError,
-    SqliteStore,
     dialog_row,
     expire,
-    open_store,
-    parse_db_url,
     restore_dialogs,
     state_row,
 )

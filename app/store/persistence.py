@@ -7,7 +7,7 @@ OpenSIPS ``db_mode`` semantics (reference §5.5):
   what does not depend on a commit and leaves the rest in :attr:`Persistence.waiting`; one
   transaction then covers every dialog changed since the last one (group commit), at most
   every ``COMMIT_INTERVAL``, one group in flight at a time.  With ``--db-sync off|normal``
-  the writer process commits (app/db_writer.py: SQLite on another core, no GIL shared); with
+  the writer process commits (app/store/writer.py: SQLite on another core, no GIL shared); with
   ``full`` (an fsync per commit) a writer thread; either way the held messages are released
   when the group is committed (:meth:`Persistence.route`).  If the writer process cannot
   start or dies, commits run on the event loop (:meth:`Persistence.commit_inline`).
@@ -35,18 +35,18 @@ from engine.dlg_db import (
     STORED_STATES,
     ChangeSet,
     DbError,
-    DialogStore,
-    SqliteStore,
     dialog_row,
-    ended_record,
     expire,
     restore_dialogs,
     state_row,
 )
+from engine.dlg_records import RecordRing
 from engine.proxy import Engine
 
-from .db_writer import ProcessWriter
-from .histogram import Histogram
+from ..histogram import Histogram
+from .base import DialogStore
+from .sqlite import SqliteStore
+from .writer import ProcessWriter
 
 log = logging.getLogger("sipdlg.db")
 
@@ -73,7 +73,7 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _CommitWriter(Protocol):
-    """Commits groups away from the event loop (app/db_writer.ProcessWriter, _Writer)."""
+    """Commits groups away from the event loop (app.store.writer.ProcessWriter, _Writer)."""
 
     def submit(self, batch: _Batch) -> None: ...
     def drain(self) -> None: ...
@@ -173,7 +173,7 @@ class Persistence:
         self.engine = engine
         self.store = store
         self.mode = mode
-        #: Realtime commits run in a writer process (app/db_writer.py: SQLite's work on the
+        #: Realtime commits run in a writer process (app/store/writer.py: SQLite's work on the
         #: other core), on a writer thread with ``--db-sync full`` (an fsync per commit), or on
         #: the event loop if the process died or the store is not SQLite (docs/performance.md).
         self.writer_thread = writer_thread
@@ -214,35 +214,19 @@ class Persistence:
         self._last_stall_log = -STALL_LOG_EVERY
         #: Realtime: how long held messages waited for their commit (``/metrics``).
         self.commit_time = Histogram(COMMIT_BUCKETS)
-        self._ended_hook: Callable[[Dialog], None] | None = None
 
     # -- ended-call records -------------------------------------------------------------------
 
-    def attach_records(self, ring: Any | None) -> None:
-        """Save every ended-call record: from issue 4's ring when the server has one (stored
-        records are loaded back into it first), else built here from ``ended_hooks``."""
-        if ring is not None and hasattr(ring, "subscribers"):
-            try:
-                stored = self.store.ended(limit=getattr(ring, "size", 10000) or 0)
-            except DbError as exc:
-                log.warning("cannot load ended-call records: %s", exc)
-                stored = []
-            # Oldest first, without the ring's subscribers (metrics count only new ends).
-            target = getattr(ring, "_ring", None)
-            for record in reversed(stored):
-                if target is not None:
-                    target.append(record)
-                else:
-                    ring.add(record)
-            ring.subscribers.append(self.save_ended)
-            return
-        eng = self.engine
-
-        def on_ended(dlg: Dialog) -> None:
-            self.save_ended(ended_record(dlg, eng.wall_offset))
-
-        self._ended_hook = on_ended
-        eng.ended_hooks.append(on_ended)
+    def attach_records(self, ring: RecordRing) -> None:
+        """Save every ended-call record the ring is given; the stored ones are loaded back into
+        it first (oldest first, not counted as new ends)."""
+        try:
+            stored = self.store.ended(limit=ring.size) if ring.size else []
+        except DbError as exc:
+            log.warning("cannot load ended-call records: %s", exc)
+            stored = []
+        ring.load(reversed(stored))
+        ring.subscribers.append(self.save_ended)
 
     def save_ended(self, record: dict[str, Any]) -> None:
         """Queue an ended-call record for the next write (``ended_dialogs`` table)."""
@@ -694,7 +678,7 @@ def open_persistence(settings: Any, engine: Engine) -> Persistence | None:
     """The persistence the settings ask for (None for ``--db none``); DbError says why not."""
     import os
 
-    from engine.dlg_db import open_store, parse_db_url
+    from .sqlite import open_store, parse_db_url
 
     try:
         path = parse_db_url(settings.db, settings.data_dir)

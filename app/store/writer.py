@@ -8,7 +8,7 @@ SQLite's statements the realtime setting costs about 4 % against ``--db none``
 (docs/performance.md), so this is where its cost went.
 
 If the child dies, the groups in flight fail (their dialogs are dirty again, their messages
-leave); app/persistence.py commits on the event loop until a new child is ready.
+leave); app/store/persistence.py commits on the event loop until a new child is ready.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from engine.dlg_db import DbError, apply_changes, encode_changes, tune
+from engine.dlg_db import DbError
+
+from .sqlite import apply_changes, encode_changes, tune
 
 log = logging.getLogger("sipdlg.db")
 
@@ -86,7 +88,7 @@ def _child_main(conn: Connection, path: str, synchronous: str) -> None:
 class ProcessWriter:
     """The parent's side: the same ``submit``/``drain``/``stop`` as the writer thread; ``done``
     is called on the event loop with the groups committed, in order.  The child is
-    ``python -m app.db_writer FD PATH SYNCHRONOUS`` on one end of a socket pair; it exits
+    ``python -m app.store.writer FD PATH SYNCHRONOUS`` on one end of a socket pair; it exits
     when the pair closes, so it never outlives the server (even after a kill -9)."""
 
     def __init__(
@@ -103,7 +105,7 @@ class ProcessWriter:
             [
                 sys.executable,
                 "-m",
-                "app.db_writer",
+                "app.store.writer",
                 str(child_sock.fileno()),
                 os.path.abspath(path),  # as ps shows it; the same file whatever the cwd
                 synchronous,
