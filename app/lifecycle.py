@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, web
 
-from engine import dlg_timer
-from engine.dialog import Dialog
 from engine.dlg_records import Record, RecordRing, install
 
 from .events import EventBus, Webhook, sse_handler
@@ -56,16 +54,6 @@ class Lifecycle:
 
     def _count_reason(self, record: Record) -> None:
         self.ended_by_reason[record["end_reason"] or "none"] += 1
-
-    # -- engine operations for the MI -----------------------------------------------------------
-
-    def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
-        """Re-arm a dialog's lifetime (MI ``dlg_set_timeout``) at the loop's current time."""
-        service = self.service
-        service.engine.now = service.loop.time()
-        ok = dlg_timer.set_lifetime(service.engine, dlg, seconds)
-        service.flush()
-        return ok
 
     # -- tasks ----------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from schemas.mi import (
     ParamsError,
 )
 
-from .mi_commands import HANDLERS, MiError, MIService, RawResult
+from .mi_commands import HANDLERS, DialogOps, MiError, RawResult
 from .mi_format import to_wire
 
 log = logging.getLogger("sipdlg.mi")
@@ -155,11 +155,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _count(service: Any, method: str, outcome: str) -> None:
-    """MI calls by method and outcome, for ``/metrics`` (``service.mi_requests``, if kept)."""
-    counts = getattr(service, "mi_requests", None)
-    if counts is not None:
-        counts[(method, outcome)] += 1
+def _count(service: DialogOps, method: str, outcome: str) -> None:
+    """MI calls by method and outcome, for ``/metrics``."""
+    service.mi_requests[(method, outcome)] += 1
 
 
 def _make_method(name: str) -> Callable[..., Awaitable[Result]]:
@@ -167,7 +165,7 @@ def _make_method(name: str) -> Callable[..., Awaitable[Result]]:
     cmd = COMMANDS[name]
     handle = HANDLERS[name]
 
-    async def method(service: MIService, /, *args: Any, **kwargs: Any) -> Result:
+    async def method(service: DialogOps, /, *args: Any, **kwargs: Any) -> Result:
         try:
             _, params = cmd.match(list(args) if args or not kwargs else kwargs)
         except ParamsError as exc:
@@ -219,7 +217,7 @@ def check_envelope(doc: Any) -> tuple[dict[str, Any] | None, Any, tuple[int, str
     return request, rid, None
 
 
-async def rpc(request: web.Request, service: MIService, body: bytes) -> web.StreamResponse:
+async def rpc(request: web.Request, service: DialogOps, body: bytes) -> web.StreamResponse:
     """One JSON-RPC call: body bytes to HTTP reply."""
     try:
         doc = json.loads(body, parse_constant=_reject_constant)
@@ -308,7 +306,7 @@ def _is_mi_path(path: str) -> bool:
 
 
 def create_mi_app(
-    service: MIService,
+    service: DialogOps,
     *,
     token: str | None = None,
     allow: list[str] | None = None,
@@ -349,7 +347,7 @@ def create_mi_app(
 
 
 async def start_mi(
-    service: MIService,
+    service: DialogOps,
     host: str,
     port: int,
     *,

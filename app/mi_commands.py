@@ -13,12 +13,14 @@ import logging
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from engine.dialog import Dialog
+from engine.dlg_records import RecordRing
 from engine.dlg_table import DialogTable
 from engine.stats import DIALOG_STATS, Stats
 from schemas.mi import COMMANDS
@@ -33,23 +35,52 @@ SLICE = 50
 YIELD_AFTER = 0.002
 
 
-class Engine(Protocol):
-    dialogs: DialogTable
-    stats: Stats
-
-
-class MIService(Protocol):
-    """What the MI needs from the running server (``app/server.py``)."""
+class DialogView(Protocol):
+    """The engine's tables as the MI reads them."""
 
     @property
-    def engine(self) -> Engine: ...
+    def dialogs(self) -> DialogTable: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+
+class DialogOps(Protocol):
+    """Everything the MI may read from or do to the running server (``app/server.py``); the
+    handlers use nothing else, and ``tests/helpers/mi_fake.py`` stands in for it."""
 
     started_at: float
     version: str
+    #: The build's revision for ``version revision``, if known.
+    revision: str | None
+    #: The newest ended-call records (``dlg_list_ended``).
+    records: RecordRing
+    #: MI calls by (method, outcome), for ``/metrics``.
+    mi_requests: Counter[tuple[str, str]]
+
+    @property
+    def engine(self) -> DialogView: ...
+
+    @property
+    def has_db(self) -> bool:
+        """Whether dialogs are stored (else ``dlg_db_sync``/``dlg_restore_db`` refuse)."""
+        ...
 
     def end_dialog(
         self, dlg: Dialog, reason: str = ..., extra_headers: str = ...
     ) -> bool | Awaitable[bool]: ...
+
+    def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
+        """Re-arm a live dialog's lifetime; False if it ended meanwhile."""
+        ...
+
+    def db_sync(self) -> None:
+        """Replace the stored dialogs by the ones in memory; raises on failure."""
+        ...
+
+    def restore_db(self) -> int:
+        """Load the stored dialogs missing from memory; how many came.  Raises on failure."""
+        ...
 
 
 class MiError(Exception):
@@ -73,7 +104,7 @@ class RawResult:
         return sum(len(c) for c in self.chunks)
 
 
-Handler = Callable[[MIService, BaseModel], Awaitable[Any]]
+Handler = Callable[[DialogOps, BaseModel], Awaitable[Any]]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -138,7 +169,7 @@ def _take(it: Iterable[Dialog], count: int) -> Iterable[Dialog]:
         yield dlg
 
 
-async def _list(service: MIService, params: BaseModel, ctx: bool) -> Any:
+async def _list(service: DialogOps, params: BaseModel, ctx: bool) -> Any:
     table = service.engine.dialogs
     callid = _get(params, "callid")
     if callid is not None:
@@ -163,13 +194,13 @@ async def _list(service: MIService, params: BaseModel, ctx: bool) -> Any:
 
 
 @handler("dlg_list")
-async def dlg_list(service: MIService, params: BaseModel) -> Any:
+async def dlg_list(service: DialogOps, params: BaseModel) -> Any:
     """All dialogs, one by Call-ID (+ From-tag), or a page."""
     return await _list(service, params, ctx=False)
 
 
 @handler("dlg_list_ctx")
-async def dlg_list_ctx(service: MIService, params: BaseModel) -> Any:
+async def dlg_list_ctx(service: DialogOps, params: BaseModel) -> Any:
     """As dlg_list plus ``context`` (sipdlg keeps no dialog values or profiles: ``{}``)."""
     return await _list(service, params, ctx=True)
 
@@ -180,7 +211,7 @@ async def dlg_list_ctx(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("dlg_end_dlg")
-async def dlg_end_dlg(service: MIService, params: BaseModel) -> Any:
+async def dlg_end_dlg(service: DialogOps, params: BaseModel) -> Any:
     """End a dialog by ID or Call-ID: BYEs (confirmed) or CANCEL (early)."""
     dialog_id: str = _get(params, "dialog_id")
     extra: str = _get(params, "extra_hdrs") or ""
@@ -206,13 +237,12 @@ async def dlg_end_dlg(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("dlg_db_sync")
-async def dlg_db_sync(service: MIService, params: BaseModel) -> Any:
+async def dlg_db_sync(service: DialogOps, params: BaseModel) -> Any:
     """Replace the stored dialogs by the ones in memory (OpenSIPS mi_sync_db_dlg)."""
-    db = getattr(service, "db", None)
-    if db is None:
+    if not service.has_db:
         raise MiError(400, "Cannot sync in no-db mode")
     try:
-        db.sync_all()
+        service.db_sync()
     except Exception as exc:
         log.error("dlg_db_sync: %s", exc)
         raise MiError(400, "Sync mem with DB failed") from None
@@ -220,17 +250,12 @@ async def dlg_db_sync(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("dlg_restore_db")
-async def dlg_restore_db(service: MIService, params: BaseModel) -> Any:
+async def dlg_restore_db(service: DialogOps, params: BaseModel) -> Any:
     """Load stored dialogs that are not in memory (OpenSIPS mi_restore_dlg_db)."""
-    db = getattr(service, "db", None)
-    if db is None:
+    if not service.has_db:
         raise MiError(400, "Cannot restore db in no-db mode!")
     try:
-        restore = getattr(service, "restore_db", None)
-        if restore is not None:
-            restore()
-        else:
-            db.restore(skip_known=True)
+        service.restore_db()
     except Exception as exc:
         log.error("dlg_restore_db: %s", exc)
         raise MiError(400, "Restore dlg DB failed!") from None
@@ -243,7 +268,7 @@ async def dlg_restore_db(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("dlg_set_timeout")
-async def dlg_set_timeout(service: MIService, params: BaseModel) -> Any:
+async def dlg_set_timeout(service: DialogOps, params: BaseModel) -> Any:
     """Re-arm a live dialog's lifetime: it now ends ``timeout`` seconds from now."""
     timeout: int = _get(params, "timeout")
     if timeout <= 0:
@@ -251,24 +276,15 @@ async def dlg_set_timeout(service: MIService, params: BaseModel) -> Any:
     dlg = service.engine.dialogs.lookup(_get(params, "dialog_id"))
     if dlg is None:
         raise MiError(404, "Requested Dialog not found")
-    life = getattr(service, "lifecycle", None)
-    if life is not None:
-        ok = life.set_timeout(dlg, timeout)
-    else:
-        from engine.dlg_timer import set_lifetime
-
-        ok = set_lifetime(service.engine, dlg, timeout)  # type: ignore[arg-type]
-    if not ok:
+    if not service.set_timeout(dlg, timeout):
         raise MiError(404, "Requested Dialog not found")
     return "OK"
 
 
 @handler("dlg_list_ended")
-async def dlg_list_ended(service: MIService, params: BaseModel) -> Any:
+async def dlg_list_ended(service: DialogOps, params: BaseModel) -> Any:
     """Ended-call records, newest first: all, those of one Call-ID, or a page."""
-    ring = getattr(service, "records", None)
-    if ring is None:
-        return {"count": 0, "Dialogs": []}
+    ring = service.records
     callid = _get(params, "callid")
     if callid is not None:
         found = ring.by_callid(callid)
@@ -314,21 +330,21 @@ def select_stats(stats: Stats, names: list[str]) -> dict[str, tuple[int, bool]]:
 
 
 @handler("get_statistics")
-async def get_statistics(service: MIService, params: BaseModel) -> Any:
+async def get_statistics(service: DialogOps, params: BaseModel) -> Any:
     """Flat ``{"group:name": value}``; unknown names are skipped (``{}`` if none match)."""
     chosen = select_stats(service.engine.stats, _get(params, "statistics"))
     return {key: value for key, (value, _) in chosen.items()}
 
 
 @handler("list_statistics")
-async def list_statistics(service: MIService, params: BaseModel) -> Any:
+async def list_statistics(service: DialogOps, params: BaseModel) -> Any:
     names = _get(params, "statistics") or ["all"]
     chosen = select_stats(service.engine.stats, names)
     return {k: "incremental" if inc else "non-incremental" for k, (_, inc) in chosen.items()}
 
 
 @handler("reset_statistics")
-async def reset_statistics(service: MIService, params: BaseModel) -> Any:
+async def reset_statistics(service: DialogOps, params: BaseModel) -> Any:
     """Reset the named statistics; non-incremental ones are found but left alone."""
     stats = service.engine.stats
     found = False
@@ -343,7 +359,7 @@ async def reset_statistics(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("reset_all_statistics")
-async def reset_all_statistics(service: MIService, params: BaseModel) -> Any:
+async def reset_all_statistics(service: DialogOps, params: BaseModel) -> Any:
     stats = service.engine.stats
     for key in select_stats(stats, ["all"]):
         stats.reset(key.partition(":")[2])
@@ -361,7 +377,7 @@ def server_signature(version: str) -> str:
 
 
 @handler("uptime")
-async def uptime(service: MIService, params: BaseModel) -> Any:
+async def uptime(service: DialogOps, params: BaseModel) -> Any:
     now = time.time()
     return {
         "Now": time.ctime(now),
@@ -371,21 +387,21 @@ async def uptime(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("version")
-async def version(service: MIService, params: BaseModel) -> Any:
+async def version(service: DialogOps, params: BaseModel) -> Any:
     out = {"Server": server_signature(service.version)}
     if _get(params, "revision") is not None:
-        out["git"] = str(getattr(service, "revision", None) or "unknown")
+        out["git"] = service.revision or "unknown"
     return out
 
 
 @handler("ps")
-async def ps(service: MIService, params: BaseModel) -> Any:
+async def ps(service: DialogOps, params: BaseModel) -> Any:
     """sipdlg is one process: SIP, timers and the MI share its event loop."""
     return {"Processes": [{"ID": 0, "PID": os.getpid(), "Type": "sipdlg (SIP, timers, MI)"}]}
 
 
 @handler("which")
-async def which(service: MIService, params: BaseModel) -> Any:
+async def which(service: DialogOps, params: BaseModel) -> Any:
     command = _get(params, "command")
     if command is None:
         return list(COMMANDS)
@@ -396,7 +412,7 @@ async def which(service: MIService, params: BaseModel) -> Any:
 
 
 @handler("help")
-async def help_(service: MIService, params: BaseModel) -> Any:
+async def help_(service: DialogOps, params: BaseModel) -> Any:
     name = _get(params, "mi_cmd")
     if name is None:
         return "Usage: help mi_cmd - returns information about 'mi_cmd'"

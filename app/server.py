@@ -12,6 +12,7 @@ import socket as socketlib
 import time
 from typing import Any
 
+from engine import dlg_timer
 from engine.dialog import Dialog, Socket
 from engine.events import Send
 from engine.proxy import VERSION, Engine, EngineConfig
@@ -34,6 +35,7 @@ class SipService:
         self.settings = settings
         self.loop = loop or asyncio.get_running_loop()
         self.version = VERSION
+        self.revision: str | None = None
         self.started_at = time.time()
         config = EngineConfig(
             next_hop=settings.next_hop_target(),
@@ -146,6 +148,24 @@ class SipService:
             db.note_dirty(engine.last_callid)
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush_soon)
+
+    # -- what the MI may do (app.mi_commands.DialogOps) ------------------------------------------
+
+    @property
+    def has_db(self) -> bool:
+        return self.db is not None
+
+    def db_sync(self) -> None:
+        """MI ``dlg_db_sync``: the stored dialogs become the ones in memory."""
+        assert self.db is not None
+        self.db.sync_all()
+
+    def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
+        """MI ``dlg_set_timeout``: re-arm a dialog's lifetime at the loop's current time."""
+        self.engine.now = self.loop.time()
+        ok = dlg_timer.set_lifetime(self.engine, dlg, seconds)
+        self.flush()
+        return ok
 
     def restore_db(self) -> int:
         """MI ``dlg_restore_db``: load stored dialogs missing from memory; how many came."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.dialog import Dialog, DlgState, Socket
+from engine.dlg_records import RecordRing
 from engine.dlg_table import DialogTable
 from engine.stats import Stats
 
@@ -79,8 +81,23 @@ class FakeService:
     engine: FakeEngine = field(default_factory=FakeEngine)
     started_at: float = field(default_factory=time.time)
     version: str = "0.1.0"
+    revision: str | None = None
+    records: RecordRing = field(default_factory=lambda: RecordRing(100))
+    mi_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    has_db: bool = False
     end_result: bool = True
     ended: list[tuple[Dialog, str, str]] = field(default_factory=list)
+    timeouts: list[tuple[Dialog, int]] = field(default_factory=list)
+
+    def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
+        self.timeouts.append((dlg, seconds))
+        return dlg.state is not DlgState.DELETED
+
+    def db_sync(self) -> None:
+        raise AssertionError("no database here")
+
+    def restore_db(self) -> int:
+        raise AssertionError("no database here")
 
     async def end_dialog(
         self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = ""
