@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .address import uri_target
 from .dialog import Dialog, DlgState
 from .dlg_life import fail, terminate
-from .message import ENCODING, ERRORS, SipError, SipMessage, parse
+from .message import SipError, SipMessage, header_key
 from .transaction import T1, ClientTransaction, TxState
 
 if TYPE_CHECKING:
@@ -108,28 +108,46 @@ def send_within(
         dlg.local_cseq_callee = cseq
     eng.mark_dirty(dlg)
     branch = eng.new_branch()
-    lines = [
-        f"{method} {ruri} SIP/2.0",
-        f"Via: SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}",
+    headers = [("Via", f"SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}")]
+    headers += [("Route", r) for r in routes]
+    headers += [
+        ("To", to),
+        ("From", from_),
+        ("CSeq", f"{cseq} {method}"),
+        ("Call-ID", dlg.callid),
+        ("Max-Forwards", "70"),
+        ("User-Agent", eng.config.user_agent),
     ]
-    lines.extend(f"Route: {r}" for r in routes)
-    lines += [
-        f"To: {to}",
-        f"From: {from_}",
-        f"CSeq: {cseq} {method}",
-        f"Call-ID: {dlg.callid}",
-        "Max-Forwards: 70",
-        "Content-Length: 0",
-        f"User-Agent: {eng.config.user_agent}",
-    ]
-    data = ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode(ENCODING, ERRORS)
-    msg = parse(data, stream=True)
+    data, msg = build_request(method, ruri, headers, extra)
     ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
     ctx.dialog = dlg
     ctx.handler = handler
     eng.client_txns[(branch, method)] = ctx
     ctx.start(data)
     return ctx
+
+
+def build_request(
+    method: str,
+    ruri: str,
+    headers: list[tuple[str, str]],
+    extra: str = "",
+    *,
+    lines: list[tuple[str, str]] | None = None,
+) -> tuple[bytes, SipMessage]:
+    """A request the engine originates: the bytes to send and the same message, built once
+    (nothing is written as text and parsed back).  ``headers`` are (name, value) pairs;
+    ``lines`` (key, whole line) pairs copied from another message; ``extra`` is a block of
+    CRLF-terminated header lines from the settings or the MI.  Content-Length is added."""
+    rows = [[k, line, line.partition(":")[2].strip()] for k, line in lines or ()]
+    rows += [[header_key(n), f"{n}: {v}", v] for n, v in headers]
+    for line in extra.split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            rows.append([header_key(name), line, value.strip()])
+    rows.append(["content-length", "Content-Length: 0", "0"])
+    msg = SipMessage(method, ruri, 0, "", rows, b"")
+    return msg.to_bytes(), msg
 
 
 def _bye_answered(ctx: ClientTransaction, msg: SipMessage | None) -> None:
@@ -156,26 +174,17 @@ def send_cancel(eng: Engine, ctx: ClientTransaction) -> None:
     invite = ctx.request
     if invite is None:  # answered meanwhile: nothing left to cancel
         return
-    lines = [f"CANCEL {invite.ruri} SIP/2.0"]
-    for h in invite.headers:
-        if h[0] == "via":
-            lines.append(h[1])
-            break
-    for h in invite.headers:
-        if h[0] in ("from", "call-id", "route"):
-            lines.append(h[1])
-    to = invite.get("to") or ""
-    lines += [
-        f"To: {to}",
-        f"CSeq: {invite.cseq[0]} CANCEL",
-        "Max-Forwards: 70",
-        f"User-Agent: {eng.config.user_agent}",
-        "Content-Length: 0",
-        "",
-        "",
+    # RFC 3261 §9.1: the INVITE's top Via (our branch), Request-URI, From, Call-ID, To and
+    # Route, with the CSeq number of the INVITE.
+    headers = [next((h[0], h[1]) for h in invite.headers if h[0] == "via")]
+    headers += [(h[0], h[1]) for h in invite.headers if h[0] in ("from", "call-id", "route")]
+    headers += [
+        ("to", f"To: {invite.get('to') or ''}"),
+        ("cseq", f"CSeq: {invite.cseq[0]} CANCEL"),
+        ("max-forwards", "Max-Forwards: 70"),
+        ("user-agent", f"User-Agent: {eng.config.user_agent}"),
     ]
-    data = "\r\n".join(lines).encode(ENCODING, ERRORS)
-    cancel = parse(data, stream=True)
+    data, cancel = build_request("CANCEL", invite.ruri, [], lines=headers)
     cctx = ClientTransaction(eng, ctx.branch, cancel, ctx.socket, ctx.host, ctx.port, ctx.conn)
     cctx.handler = _ignore
     eng.client_txns[(ctx.branch, "CANCEL")] = cctx
