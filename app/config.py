@@ -61,6 +61,13 @@ class Settings:
     def next_hop_target(self) -> NextHop | None:
         return parse_next_hop(self.next_hop) if self.next_hop else None
 
+    def stores_changes(self) -> bool:
+        """Whether dialog changes are written as they happen (a database, not ``shutdown``
+        mode, which writes only at a clean stop)."""
+        from .store.sqlite import parse_db_url
+
+        return parse_db_url(self.db, self.data_dir) is not None and self.db_mode != "shutdown"
+
     def mi_address(self) -> tuple[str, int] | None:
         """The MI's HTTP address; None when ``mi_listen`` is ``none`` (no MI at all)."""
         if self.mi_listen.strip().lower() == "none":

@@ -1,9 +1,10 @@
 """Live dialog events for OSS/BSS: Server-Sent Events on ``GET /events`` and JSON webhooks.
 
-Every state change the engine reports (``engine.observers``, OpenSIPS's E_DLG_STATE_CHANGED)
-becomes one JSON object with the keys ``id``, ``db_id``, ``callid``, ``from_tag``, ``to_tag``,
-``old_state``, ``new_state``, plus ``end_reason`` when ``new_state`` is 5.  It is serialized
-once and offered to every consumer:
+Every state change the engine reports (its ``StateChanged`` effects, which
+``SipService.dispatch_events`` hands to ``Lifecycle.state_changed``; OpenSIPS's
+E_DLG_STATE_CHANGED) becomes one JSON object with the keys ``id``, ``db_id``, ``callid``,
+``from_tag``, ``to_tag``, ``old_state``, ``new_state``, plus ``end_reason`` when ``new_state``
+is 5.  It is serialized once and offered to every consumer:
 
 * each consumer (one per SSE client, one per webhook URL) has its own bounded queue; offering
   never waits: when a consumer's queue is full the event is dropped *for that consumer only*
@@ -15,8 +16,7 @@ once and offered to every consumer:
   per-request timeout and bounded retries with exponential backoff; an event that still fails
   is given up and counted in ``failed``.
 
-The bus subscribes to ``engine.observers`` only while it has consumers, so an idle server does
-not even build the events.
+With no consumer the bus builds nothing (``active`` is False).
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ class Consumer:
 class EventBus:
     """Fans every dialog state change out to the consumers, never blocking the engine."""
 
-    def __init__(self, observers: list[Callable[[DialogStateChanged], None]], queue_size: int):
-        self._observers = observers
+    def __init__(self, queue_size: int):
         self.queue_size = queue_size
         self.consumers: list[Consumer] = []
         self.published = 0
@@ -101,9 +100,11 @@ class EventBus:
     def subscribe(self, name: str, kind: str) -> Consumer:
         consumer = Consumer(name, kind, self.queue_size)
         self.consumers.append(consumer)
-        if self.on_state_changed not in self._observers:
-            self._observers.append(self.on_state_changed)
         return consumer
+
+    @property
+    def active(self) -> bool:
+        return bool(self.consumers)
 
     def unsubscribe(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
@@ -112,8 +113,6 @@ class EventBus:
             totals[0] += consumer.delivered
             totals[1] += consumer.dropped
             totals[2] += consumer.failed
-        if not self.consumers and self.on_state_changed in self._observers:
-            self._observers.remove(self.on_state_changed)
 
     def on_state_changed(self, ev: DialogStateChanged) -> None:
         self.publish(event_dict(ev))

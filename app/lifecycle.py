@@ -1,7 +1,7 @@
 """Wires the dialog-lifecycle extras into a running :class:`app.server.SipService`.
 
 ``Lifecycle(service)`` (made in ``SipService.__init__``) keeps the ended-call records
-(``service.records``, fed from ``engine.ended_hooks``), the MI request counts
+(``service.records``, fed from the engine's ``DialogEnded`` effects), the MI request counts
 (``service.mi_requests``, bumped by ``app/mi.py``), the event bus and its webhooks, the loop-lag
 monitor, and adds ``GET /events`` and ``GET /metrics`` to the MI application (``extend_app``),
 behind the MI's auth.  ``start``/``stop`` run and end the background tasks.
@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, web
 
-from engine.dlg_records import Record, RecordRing, install
+from engine.dialog import Dialog
+from engine.dlg_records import Record, RecordRing, make_record
+from engine.events import StateChanged
 
-from .events import EventBus, Webhook, sse_handler
+from .events import EventBus, Webhook, event_dict, sse_handler
 from .metrics import LoopLag, make_registry, metrics_handler
 
 if TYPE_CHECKING:
@@ -41,11 +43,10 @@ class Lifecycle:
         self.service = service
         self.engine = service.engine
         self.records = RecordRing(ended_records)
-        install(self.engine, self.records)
         self.ended_by_reason: Counter[str] = Counter()
         self.records.subscribers.append(self._count_reason)
         self.mi_requests: Counter[tuple[str, str]] = Counter()
-        self.bus = EventBus(self.engine.observers, event_queue)
+        self.bus = EventBus(event_queue)
         self.webhooks = [Webhook(self.bus, url, timeout=webhook_timeout) for url in webhooks or ()]
         self.lag = LoopLag()
         self.registry = make_registry(self)
@@ -54,6 +55,15 @@ class Lifecycle:
 
     def _count_reason(self, record: Record) -> None:
         self.ended_by_reason[record["end_reason"] or "none"] += 1
+
+    # -- what the engine reports (SipService.dispatch_events) ----------------------------------
+
+    def state_changed(self, event: StateChanged) -> None:
+        if self.bus.active:
+            self.bus.publish(event_dict(event.public()))
+
+    def ended(self, dlg: Dialog) -> None:
+        self.records.add(make_record(self.engine, dlg))
 
     # -- tasks ----------------------------------------------------------------------------------
 

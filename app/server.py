@@ -12,9 +12,8 @@ import socket as socketlib
 import time
 from typing import Any
 
-from engine import dlg_timer
 from engine.dialog import Dialog, Socket
-from engine.events import Send
+from engine.events import DialogChanged, Send, StateChanged
 from engine.proxy import VERSION, Engine, EngineConfig
 
 from .config import Settings
@@ -48,6 +47,7 @@ class SipService:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             race_condition_timeout=settings.race_condition_timeout,
+            report_changes=settings.stores_changes(),
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
@@ -81,8 +81,7 @@ class SipService:
         expired: list[Dialog] = []
         if self.db is not None:  # restored before the sockets open: no request misses them
             self.db.attach_records(self.records)
-            self.engine.now = self.loop.time()
-            expired = self.db.restore()[1]
+            expired = self.db.restore(self.loop.time())[1]
         for sock in self.sockets:
             if sock.proto == "udp":
                 transport, _ = await self.loop.create_datagram_endpoint(
@@ -99,7 +98,8 @@ class SipService:
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
         if self.db is not None:
-            self.db.expire(expired)  # lifetime over while down: "Lifetime Timeout", BYEs
+            # lifetime over while down: "Lifetime Timeout", BYEs
+            self.db.expire(expired, self.loop.time())
             self.db.start(self._release, self.loop, self._wake)
             self.flush()
 
@@ -121,33 +121,51 @@ class SipService:
     def feed(self, data: bytes, sock: Socket, src: tuple[str, int], conn: int | None) -> None:
         engine = self.engine
         db = self.db
-        marks = engine.dirty_marks
+        callid = ""
         try:
-            engine.receive(data, sock, src, conn, self.loop.time())
+            callid = engine.receive(data, sock, src, conn, self.loop.time())
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
             engine.stats.parse_errors += 1
+        changed = self.dispatch_events()
         if db is None or not db.realtime or db.release is None:
             self.flush()
             return
         # Realtime: what this message caused waits for the commit of the dialogs it changed
         # (or of its call's earlier change); everything else leaves now.  One commit covers
         # every message read in this loop iteration (group commit).
-        outbox = engine.outbox
-        if outbox:
-            if engine.dirty_marks != marks:
-                db.note_dirty(engine.last_callid)
-                db.waiting.extend(outbox)
-            elif db.must_wait(engine.last_callid):
-                db.waiting.extend(outbox)
+        sends = engine.take_sends()
+        if changed:
+            db.note_dirty(callid)
+        if sends:
+            if changed or db.must_wait(callid):
+                db.waiting.extend(sends)
             else:
-                for item in outbox:
+                for item in sends:
                     self._send(item)
-            outbox.clear()
-        elif engine.dirty_marks != marks:
-            db.note_dirty(engine.last_callid)
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush_soon)
+
+    def dispatch_events(self) -> bool:
+        """Hand what the engine reported to its rooms: changes to the store, state changes
+        and ended dialogs to the lifecycle (events, records).  True if a dialog changed in a
+        way the store must write."""
+        events = self.engine.take_events()
+        if not events:
+            return False
+        changed = False
+        db = self.db
+        life = self.lifecycle
+        for event in events:
+            if type(event) is DialogChanged:
+                changed = True
+                if db is not None:
+                    db.note_change(event.dialog, event.state_only)
+            elif type(event) is StateChanged:
+                life.state_changed(event)
+            else:
+                life.ended(event.dialog)
+        return changed
 
     # -- what the MI may do (app.mi_commands.DialogOps) ------------------------------------------
 
@@ -162,17 +180,15 @@ class SipService:
 
     def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
         """MI ``dlg_set_timeout``: re-arm a dialog's lifetime at the loop's current time."""
-        self.engine.now = self.loop.time()
-        ok = dlg_timer.set_lifetime(self.engine, dlg, seconds)
+        ok = self.engine.set_timeout(dlg, seconds, self.loop.time())
         self.flush()
         return ok
 
     def restore_db(self) -> int:
         """MI ``dlg_restore_db``: load stored dialogs missing from memory; how many came."""
         assert self.db is not None
-        self.engine.now = self.loop.time()
-        restored, expired = self.db.restore(skip_known=True)
-        self.db.expire(expired)
+        restored, expired = self.db.restore(self.loop.time(), skip_known=True)
+        self.db.expire(expired, self.loop.time())
         self.flush()
         return len(restored)
 
@@ -193,22 +209,24 @@ class SipService:
     def end_dialog(
         self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = ""
     ) -> bool:
-        self.engine.now = self.loop.time()
-        ok = self.engine.end_dialog(dlg, reason, extra_headers)
+        ok = self.engine.end_dialog(dlg, reason, extra_headers, self.loop.time())
         self.flush()
         return ok
 
     def flush(self) -> None:
+        """After any call into the engine: dispatch its events, send (or, in realtime, hand
+        to the store) what it sends, and re-arm the timer for its next deadline."""
         engine = self.engine
-        outbox = engine.outbox
+        self.dispatch_events()
+        outbox = engine.take_sends()
         db = self.db
         if db is not None and db.realtime:
             # Durable before the messages that caused it go out: the writer commits,
             # then releases them (and everything queued behind them, to keep the order).
             if db.release is None:  # not serving yet (restore, start-up expiries)
-                if engine.dirty or db.pending_ended:
+                if db.dirty or db.pending_ended:
                     db.write_dirty()
-            elif outbox or db.waiting or engine.dirty or db.pending_ended:
+            elif outbox or db.waiting or db.dirty or db.pending_ended:
                 ready = db.dispatch(outbox, self.loop.time())
                 outbox.clear()
                 if ready is None:
@@ -218,10 +236,8 @@ class SipService:
                         )
                 else:
                     outbox.extend(ready)
-        if outbox:
-            for item in outbox:
-                self._send(item)
-            outbox.clear()
+        for item in outbox:
+            self._send(item)
         deadline = engine.next_deadline()
         if deadline is not None and deadline < self._timer_when:
             if self._timer is not None:
@@ -376,7 +392,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     log.info("sipdlg %s started", VERSION)
     await stop.wait()
     log.info("shutting down: no new dialogs, saving the dialogs, closing")
-    service.engine.accepting = False  # new INVITEs get 503 from here on
+    service.engine.stop_accepting()  # new INVITEs get 503 from here on
 
     def exit_now() -> None:
         log.warning("second signal: exiting at once")

@@ -89,17 +89,16 @@ def run(calls: int, census: bool = False) -> tuple[float, int]:
     for n in range(calls):
         tag = f"{n}SIPpTag01"
         eng.receive(invite(n), PROXY, UAC, None, now)
-        fwd = eng.outbox[-1].data
-        eng.outbox.clear()
+        fwd = eng.take_sends()[-1].data
         eng.receive(reply_to(fwd, "100 Trying", None), PROXY, UAS, None, now)
         eng.receive(reply_to(fwd, "180 Ringing", tag), PROXY, UAS, None, now)
         eng.receive(reply_to(fwd, "200 OK", tag, sdp=True), PROXY, UAS, None, now)
         eng.receive(in_dialog("ACK", n, 1, tag), PROXY, UAC, None, now)
         eng.receive(in_dialog("BYE", n, 2, tag), PROXY, UAC, None, now)
-        bye = eng.outbox[-1].data
-        eng.outbox.clear()
+        bye = eng.take_sends()[-1].data
         eng.receive(reply_to(bye, "200 OK", None), PROXY, UAS, None, now)
-        eng.outbox.clear()
+        eng.take_sends()
+        eng.take_events()  # what the shell would dispatch (SSE, records)
         messages += 7
         now += 0.0005
         eng.handle_timers(now)

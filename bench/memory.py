@@ -233,12 +233,13 @@ def held_calls(eng: Engine, first: int, count: int, now: float) -> None:
     for n in range(first, first + count):
         tag = f"{n}SIPpTag01"
         eng.receive(invite(n), PROXY, UAC, None, now)
-        fwd = eng.outbox[-1].data
+        fwd = eng.take_sends()[-1].data
         eng.receive(reply_to(fwd, "100 Trying", None), PROXY, UAS, None, now)
         eng.receive(reply_to(fwd, "180 Ringing", tag), PROXY, UAS, None, now)
         eng.receive(reply_to(fwd, "200 OK", tag, sdp=True), PROXY, UAS, None, now)
         eng.receive(in_dialog("ACK", n, 1, tag), PROXY, UAC, None, now)
-        eng.outbox.clear()
+        eng.take_sends()
+        eng.take_events()
 
 
 def deep_size(obj: object, seen: set[int]) -> int:
@@ -292,9 +293,10 @@ def _build(calls: int, lean_cancel: bool) -> dict:
         held_calls(eng, 0, 20, now)  # warm-up: caches, interned names (few: the timer heap's
         for n in range(20):  # ... cancelled-entry count must not be skewed) and end them
             eng.receive(in_dialog("BYE", n, 2, f"{n}SIPpTag01"), PROXY, UAC, None, now)
-            bye = eng.outbox[-1].data
+            bye = eng.take_sends()[-1].data
             eng.receive(reply_to(bye, "200 OK", None), PROXY, UAS, None, now)
-            eng.outbox.clear()
+            eng.take_sends()
+            eng.take_events()
         now += 400
         eng.handle_timers(now)
         eng.next_deadline()

@@ -41,8 +41,9 @@ from app.store.persistence import Persistence  # noqa: E402
 from app.store.sqlite import SqliteStore  # noqa: E402
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket  # noqa: E402
 from engine.dlg_db import dialog_row, restore_dialogs  # noqa: E402
-from engine.dlg_records import RecordRing, install  # noqa: E402
+from engine.dlg_records import RecordRing, make_record  # noqa: E402
 from engine.dlg_table import callid_hash  # noqa: E402
+from engine.events import DialogChanged, DialogEnded  # noqa: E402
 from engine.proxy import Engine, EngineConfig, NextHop  # noqa: E402
 
 # --------------------------------------------------------------------------------- engine
@@ -50,12 +51,12 @@ from engine.proxy import Engine, EngineConfig, NextHop  # noqa: E402
 
 def engine_run(calls: int, db: str | None, batch: int, sync: str = "normal") -> float:
     """calls/s through one engine; ``db`` a file (realtime persistence) or None."""
-    eng = Engine([PROXY], EngineConfig(next_hop=NextHop(None, *UAS)), rng=random.Random(1))
+    config = EngineConfig(next_hop=NextHop(None, *UAS), report_changes=db is not None)
+    eng = Engine([PROXY], config, rng=random.Random(1))
+    ring = RecordRing(10000)  # ended-call records written too, as in the server
     persist = None
     if db is not None:
         persist = Persistence(eng, SqliteStore(db, 4096, sync), mode="realtime")
-        ring = RecordRing(10000)  # ended-call records written too, as in the server
-        install(eng, ring)
         persist.attach_records(ring)
     pending = 0
     now = 0.0
@@ -63,10 +64,15 @@ def engine_run(calls: int, db: str | None, batch: int, sync: str = "normal") -> 
     def feed(data: bytes, src: tuple[str, int]) -> None:
         nonlocal pending
         eng.receive(data, PROXY, src, None, now)
+        for event in eng.take_events():  # as SipService.dispatch_events does
+            if isinstance(event, DialogChanged) and persist is not None:
+                persist.note_change(event.dialog, event.state_only)
+            elif isinstance(event, DialogEnded):
+                ring.add(make_record(eng, event.dialog))
         pending += 1
         if pending >= batch:  # SipService.flush: commit, then write the outbox
             pending = 0
-            if persist is not None and eng.dirty:
+            if persist is not None and persist.dirty:
                 persist.write_dirty()
 
     start = time.perf_counter()
@@ -79,8 +85,7 @@ def engine_run(calls: int, db: str | None, batch: int, sync: str = "normal") -> 
         fwd = {}
         for n in numbers:
             feed(invite(n), UAC)
-            fwd[n] = eng.outbox[-1].data
-        eng.outbox.clear()
+            fwd[n] = eng.take_sends()[-1].data
         for status, sdp in (("100 Trying", False), ("180 Ringing", True), ("200 OK", True)):
             for n in numbers:
                 tag = f"{n}SIPpTag01" if status[0] != "1" or status[1] != "0" else None
@@ -90,10 +95,10 @@ def engine_run(calls: int, db: str | None, batch: int, sync: str = "normal") -> 
         byes = {}
         for n in numbers:
             feed(in_dialog("BYE", n, 2, f"{n}SIPpTag01"), UAC)
-            byes[n] = eng.outbox[-1].data
+            byes[n] = eng.take_sends()[-1].data
         for n in numbers:
             feed(reply_to(byes[n], "200 OK", None), UAS)
-        eng.outbox.clear()
+        eng.take_sends()
         now += 0.05
         eng.handle_timers(now)
     if persist is not None:
@@ -260,7 +265,7 @@ def bench_restore(count: int) -> None:
         loaded = time.perf_counter() - t0 - opened
         eng = Engine([sock], EngineConfig())
         eng.wall_offset = time.time()
-        restored, _ = restore_dialogs(eng, loaded_rows)
+        restored, _ = restore_dialogs(eng, loaded_rows, eng.now)
         total = time.perf_counter() - t0
         gc.enable()
         store.close()

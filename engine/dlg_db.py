@@ -3,9 +3,9 @@
 Pure functions: :func:`dialog_row` turns a dialog into the row a store writes (its JSON-able
 columns as Python values), :func:`state_row` is the one-column update of an ACK,
 :func:`restore_dialogs` rebuilds dialogs inside an engine from rows, and :func:`expire` ends
-those whose lifetime ran out while the server was down.  The engine only records which
-dialogs changed (``Engine.dirty``); the stores in ``app/store/`` decide when and how to write
-them.
+those whose lifetime ran out while the server was down.  The engine only reports which
+dialogs changed (``DialogChanged`` effects); the stores in ``app/store/`` decide when and how
+to write them.
 
 What is stored: every field of :class:`Dialog` and :class:`CalleeLeg` needed to list the call
 and to end it correctly later (route sets, contacts, CSeqs including the ones the engine used,
@@ -248,7 +248,7 @@ def dialog_from_row(row: Sequence[Any], sockets: SocketMap) -> Dialog:
 
 
 def restore_dialogs(
-    eng: Engine, rows: Iterable[Sequence[Any]], *, skip_known: bool = False
+    eng: Engine, rows: Iterable[Sequence[Any]], now: float, *, skip_known: bool = False
 ) -> tuple[list[Dialog], list[Dialog]]:
     """Put stored dialogs back into ``eng`` with their IDs, stats and lifetime timers.
 
@@ -256,8 +256,10 @@ def restore_dialogs(
     are in the table but not ended yet; call :func:`expire` once the transports can send.
     ``skip_known`` leaves out dialogs already in memory (MI ``dlg_restore_db``).
     """
+    from . import dlg_ping
     from .dlg_timer import arm_lifetime
 
+    eng.now = now
     sockets = SocketMap(eng.sockets)
     table = eng.dialogs
     stats = eng.stats
@@ -270,10 +272,8 @@ def restore_dialogs(
             continue
         if dlg.h_entry >= table.hash_size:
             raise DbError(f"dialog {dlg.did} has h_entry {dlg.h_entry} beyond hash_size")
-        if skip_known:
-            bucket = table._buckets[dlg.h_entry]
-            if bucket is not None and dlg.h_id in bucket:
-                continue
+        if skip_known and table.holds(dlg.h_entry, dlg.h_id):
+            continue
         # Monotonic creation time relative to this process (negative if long ago: fine).
         dlg.created = eng.now - (now_wall - dlg.created)
         table.add(dlg)
@@ -285,15 +285,18 @@ def restore_dialogs(
                 expired.append(dlg)
             else:
                 timeout = dlg.timeout
-                arm_lifetime(eng, dlg, remaining)
+                arm_lifetime(eng, dlg, remaining, store=False)  # its row is stored already
                 dlg.timeout = timeout
+                if eng.config.ping != "none":
+                    dlg_ping.start(eng, dlg)
     return restored, expired
 
 
-def expire(eng: Engine, dialogs: Iterable[Dialog]) -> None:
+def expire(eng: Engine, dialogs: Iterable[Dialog], now: float) -> None:
     """End dialogs whose lifetime ran out while the server was down ("Lifetime Timeout")."""
     from .dlg_timer import on_lifetime
 
+    eng.now = now
     for dlg in dialogs:
         if dlg.state is not DlgState.DELETED:
             on_lifetime(eng, dlg)

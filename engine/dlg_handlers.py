@@ -64,8 +64,7 @@ def create_dialog(
     )
     eng.dialogs.add(dlg)
     eng.stats.processed_dialogs += 1
-    if eng.observers:
-        eng.notify(dlg, DlgState.UNCONFIRMED)
+    eng.notify(dlg, DlgState.UNCONFIRMED)
     return dlg
 
 

@@ -1,8 +1,8 @@
 """How a dialog's state changes, in one place (OpenSIPS ``next_state_dlg`` and its callers).
 
 :func:`transition` is the only caller of ``Dialog.apply`` (the table in :mod:`engine.dialog`):
-it keeps the ``early_dialogs``/``active_dialogs`` gauges from the (old, new) pair, tells the
-observers, and counts the pairs the table neither allows nor expects
+it keeps the ``early_dialogs``/``active_dialogs`` gauges from the (old, new) pair, queues the
+``StateChanged`` effect, and counts the pairs the table neither allows nor expects
 (``stats.unexpected_transitions``).  :func:`fail` and :func:`terminate` end a dialog.
 """
 
@@ -63,8 +63,7 @@ def _ended(eng: Engine, dlg: Dialog) -> None:
     if timer is not None:
         timer.cancel()  # type: ignore[attr-defined]
         dlg.timer = None
-    for hook in eng.ended_hooks:
-        hook(dlg)
+    eng.dialog_ended(dlg)
     delay = eng.config.delete_delay
     if delay > 0:
         eng.timers.call_later(eng.now, delay, eng.dialogs.remove, dlg)

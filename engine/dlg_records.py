@@ -1,8 +1,8 @@
 """Ended-call records: what is left of every dialog that reached state 5 (beyond OpenSIPS).
 
 ``make_record`` turns a dialog into a plain dict (JSON-able, the shape ``dlg_list_ended``
-returns); :class:`RecordRing` keeps the newest ``size`` of them in memory.  ``install`` feeds a
-ring from ``Engine.ended_hooks``.  Sans-I/O: no clock is read here, times come from the engine.
+returns) when the engine reports it ended (``DialogEnded``); :class:`RecordRing` keeps the
+newest ``size`` of them in memory.  Sans-I/O: no clock is read here, times come from the engine.
 
 For persistence (``app/store/``): call :meth:`RecordRing.load` with stored records (oldest
 first) to restore them, iterate the ring for newest-first order, and append a callable to
@@ -128,13 +128,3 @@ class RecordRing:
             if n >= index:
                 out.append(record)
         return out
-
-
-def install(eng: Engine, ring: RecordRing) -> Callable[[Dialog], None]:
-    """Feed ``ring`` with a record of every dialog that ends; returns the hook."""
-
-    def on_ended(dlg: Dialog) -> None:
-        ring.add(make_record(eng, dlg))
-
-    eng.ended_hooks.append(on_ended)
-    return on_ended

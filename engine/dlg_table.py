@@ -72,6 +72,11 @@ class DialogTable:
             if bucket:
                 yield from list(bucket.values())
 
+    def holds(self, h_entry: int, h_id: int) -> bool:
+        """Whether these ids are in the table (deleted dialogs included)."""
+        bucket = self._buckets[h_entry] if 0 <= h_entry < self.hash_size else None
+        return bucket is not None and h_id in bucket
+
     def get(self, h_entry: int, h_id: int) -> Dialog | None:
         """By ids; deleted dialogs are not found (as OpenSIPS's lookup_dlg)."""
         if not 0 <= h_entry < self.hash_size:

@@ -27,13 +27,15 @@ def on_race_condition(eng: Engine, dlg: Dialog) -> None:
         arm_lifetime(eng, dlg, timeout)
 
 
-def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float) -> None:
-    """(Re)start the lifetime timer; ``timeout`` shows the absolute expiry."""
+def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float, *, store: bool = True) -> None:
+    """(Re)start the lifetime timer; ``timeout`` shows the absolute expiry (to be stored,
+    unless ``store`` is False: a dialog restored from its row)."""
     timer = dlg.timer
     if timer is not None:
         timer.cancel()  # type: ignore[attr-defined]
     dlg.timeout = int(eng.wall() + seconds)
-    eng.mark_dirty(dlg)
+    if store:
+        eng.mark_dirty(dlg)
     dlg.timer = eng.timers.call_later(eng.now, seconds, on_lifetime, eng, dlg)
 
 

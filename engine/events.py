@@ -1,10 +1,16 @@
-"""What the engine asks its shell to do, and what it tells observers: small immutable records."""
+"""What the engine hands its shell after each call: small immutable records (effects).
+
+The shell drains them after every entry point (``Engine.receive``, ``handle_timers`` and the
+commands), as aioquic's ``datagrams_to_send()``/``next_event()``: :class:`Send` from
+``Engine.take_sends``, the rest from ``Engine.take_events``.  Nothing inside the engine calls
+back into the shell.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from .dialog import Socket
+from .dialog import Dialog, DlgState, Socket
 
 
 class Send(NamedTuple):
@@ -33,3 +39,43 @@ class DialogStateChanged(NamedTuple):
     old_state: int
     new_state: int
     end_reason: str | None
+
+
+class StateChanged(NamedTuple):
+    """A dialog moved from ``old`` to ``new`` (a new dialog: 1 to 1)."""
+
+    dialog: Dialog
+    old: DlgState
+    new: DlgState
+
+    def public(self) -> DialogStateChanged:
+        """As OpenSIPS's E_DLG_STATE_CHANGED reports it."""
+        dlg = self.dialog
+        callee = dlg.callee
+        return DialogStateChanged(
+            dlg.did,
+            str(dlg.db_id),
+            dlg.callid,
+            dlg.caller_tag,
+            callee.tag if callee else "",
+            int(self.old),
+            int(self.new),
+            dlg.end_reason if self.new is DlgState.DELETED else None,
+        )
+
+
+class DialogChanged(NamedTuple):
+    """A dialog changed in a way worth storing (only with ``EngineConfig.report_changes``);
+    ``state_only``: its state is all that changed (the ACK's 3 to 4), one column to update."""
+
+    dialog: Dialog
+    state_only: bool
+
+
+class DialogEnded(NamedTuple):
+    """A dialog reached state 5 (ended-call records)."""
+
+    dialog: Dialog
+
+
+Event = StateChanged | DialogChanged | DialogEnded

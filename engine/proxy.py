@@ -1,8 +1,10 @@
 """The proxy core (RFC 3261 §16): one ``Engine`` fed bytes and timer ticks, emitting ``Send``s.
 
 Sans-I/O in the way of h11 and aioquic: ``receive`` takes a message with its local socket,
-source address and the current monotonic time; whatever must go out is appended to
-``outbox`` for the shell to write; ``next_deadline``/``handle_timers`` drive every timer.  The
+source address and the current monotonic time, and so do ``handle_timers`` and the commands
+(``end_dialog``, ``set_timeout``); after each call the shell drains what happened:
+``take_sends()`` (what to write) and ``take_events()`` (state changes, changes to store, ended
+dialogs; :mod:`engine.events`).  ``next_deadline`` says when to call ``handle_timers``.  The
 dialog logic lives in :mod:`engine.dlg_handlers`, requests the engine originates inside a
 dialog (BYE, CANCEL) in :mod:`engine.dlg_req_within`.
 """
@@ -11,14 +13,14 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer
 from .address import parse_uri, split_values, uri_target
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dlg_table import DialogTable
-from .events import DialogStateChanged, Send
+from .events import DialogChanged, DialogEnded, Event, Send, StateChanged
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
 from .stats import Stats
 from .timers import TimerQueue
@@ -59,6 +61,8 @@ class EngineConfig:
     #: In-dialog OPTIONS pings (flags P/p): "none", "caller", "callee" or "both".
     ping: str = "none"
     ping_interval: float = 30.0
+    #: Emit ``DialogChanged`` for what a store must write (the shell has a store).
+    report_changes: bool = False
     #: No final answer to a ping within this many seconds ends the dialog.
     ping_timeout: float = 5.0
     #: Lifetime left to a call whose CANCEL crossed its 2xx (OpenSIPS ``race_condition_timeout``).
@@ -85,26 +89,13 @@ class Engine:
         self.now = 0.0
         #: Add to monotonic ``now`` to get Unix time (timestart, timeout).
         self.wall_offset = wall_offset
-        self.outbox: list[Send] = []
         self.dialogs = DialogTable(self.config.hash_size, self.rng)
         self.stats = Stats()
         self.server_txns: dict[tuple, ServerTransaction] = {}
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
-        self.observers: list[Callable[[DialogStateChanged], None]] = []
-        #: Called with every dialog that reaches state 5 (ended-call records, persistence).
-        self.ended_hooks: list[Callable[[Dialog], None]] = []
-        self.accepting = True
-        #: Dialogs changed since the shell last saved them (persistence); filled by
-        #: ``mark_dirty`` only while ``track_dirty`` is set, emptied by the shell.
-        self.dirty: set[Dialog] = set()
-        #: The dirty dialogs whose state is all that changed (a subset of ``dirty``).
-        self.state_only: set[Dialog] = set()
-        self.track_dirty = False
-        #: Calls to ``mark_dirty`` so far, and the Call-ID of the last message received: the
-        #: shell holds back only what a message caused when that message changed a dialog
-        #: (or belongs to a call whose change is not yet durable), and sends the rest at once.
-        self.dirty_marks = 0
-        self.last_callid = ""
+        self._sends: list[Send] = []
+        self._events: list[Event] = []
+        self._accepting = True
         self._local_hosts = {s.host for s in sockets}
         self._local_ports = {s.port for s in sockets}
         self._local_cache: dict[str, bool] = {}
@@ -129,8 +120,34 @@ class Engine:
         self.now = now
         self.timers.run_due(now)
 
+    def take_sends(self) -> list[Send]:
+        """What must go out since the last call, in order."""
+        sends = self._sends
+        self._sends = []
+        return sends
+
+    def take_events(self) -> list[Event]:
+        """What happened to dialogs since the last call, in order."""
+        events = self._events
+        self._events = []
+        return events
+
+    def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str, now: float) -> bool:
+        """End a dialog as OpenSIPS's dlg_end_dlg does: BYE both legs, or CANCEL if early."""
+        self.now = now
+        return dlg_req_within.end_dialog(self, dlg, reason, extra_headers)
+
+    def set_timeout(self, dlg: Dialog, seconds: int, now: float) -> bool:
+        """Re-arm a live dialog's lifetime (MI ``dlg_set_timeout``); False if it ended."""
+        self.now = now
+        return dlg_timer.set_lifetime(self, dlg, seconds)
+
+    def stop_accepting(self) -> None:
+        """From now on new INVITEs get 503 (a graceful shutdown)."""
+        self._accepting = False
+
     def send(self, socket: Socket, host: str, port: int, conn: int | None, data: bytes) -> None:
-        self.outbox.append(Send(socket, host, port, conn, data))
+        self._sends.append(Send(socket, host, port, conn, data))
         if data[:4] == b"SIP/":  # count what goes out: replies by class, requests by method
             self.stats.sent_replies_by_class[data[8:9]] += 1
         else:
@@ -138,47 +155,44 @@ class Engine:
 
     def receive(
         self, data: bytes, socket: Socket, src: tuple[str, int], conn: int | None, now: float
-    ) -> None:
-        """Process one datagram or one framed stream message."""
+    ) -> str:
+        """Process one datagram or one framed stream message; returns its Call-ID ("" if it
+        has none), which the shell's realtime store orders messages by."""
         self.now = now
-        self.last_callid = ""
         try:
             msg = parse(data, stream=conn is not None)
         except SipError as exc:
             self.stats.parse_errors += 1
             if exc.status and not data.startswith(b"SIP/") and not data.startswith(b"ACK "):
                 self._reply_to_garbage(data, exc, socket, src, conn)
-            return
+            return ""
         if len(data) > self.config.max_message_size:
             self.stats.parse_errors += 1
             if msg.method is not None and msg.method != "ACK":
                 self._reply_stateless(msg, 513, "Message Too Large", socket, src, conn)
-            return
-        self.last_callid = msg.get("call-id") or ""
+            return ""
         if msg.method is None:
             self._on_response(msg)
         else:
             self._on_request(msg, socket, src, conn)
+        return msg.get("call-id") or ""
 
     def mark_dirty(self, dlg: Dialog) -> None:
-        """Note that ``dlg`` changed in a way worth persisting (engine/dlg_db.py, app/store/)."""
-        if self.track_dirty:
-            self.dirty.add(dlg)
-            self.state_only.discard(dlg)
-            self.dirty_marks += 1
+        """Note that ``dlg`` changed in a way worth storing (engine/dlg_db.py, app/store/)."""
+        if self.config.report_changes:
+            self._events.append(DialogChanged(dlg, False))
 
     def mark_state(self, dlg: Dialog) -> None:
         """Like :meth:`mark_dirty` when only the state changed (the ACK's 3 to 4): the store
         can update one column instead of writing the whole row again."""
-        if self.track_dirty:
-            if dlg not in self.dirty:
-                self.dirty.add(dlg)
-                self.state_only.add(dlg)
-            self.dirty_marks += 1
+        if self.config.report_changes:
+            self._events.append(DialogChanged(dlg, True))
 
-    def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str = "") -> bool:
-        """End a dialog as OpenSIPS's dlg_end_dlg does: BYE both legs, or CANCEL if early."""
-        return dlg_req_within.end_dialog(self, dlg, reason, extra_headers)
+    def notify(self, dlg: Dialog, old: DlgState) -> None:
+        self._events.append(StateChanged(dlg, old, dlg.state))
+
+    def dialog_ended(self, dlg: Dialog) -> None:
+        self._events.append(DialogEnded(dlg))
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -222,23 +236,6 @@ class Engine:
     def record_route(self, socket: Socket, did: str) -> str:
         transport = ";transport=tcp" if socket.proto == "tcp" else ""
         return f"<sip:{socket.host}:{socket.port}{transport};lr;did={did}>"
-
-    def notify(self, dlg: Dialog, old: DlgState) -> None:
-        if not self.observers:
-            return
-        callee = dlg.callee
-        event = DialogStateChanged(
-            dlg.did,
-            str(dlg.db_id),
-            dlg.callid,
-            dlg.caller_tag,
-            callee.tag if callee else "",
-            int(old),
-            int(dlg.state),
-            dlg.end_reason if dlg.state is DlgState.DELETED else None,
-        )
-        for observer in self.observers:
-            observer(event)
 
     # -- responses built here -----------------------------------------------------------------
 
@@ -439,7 +436,7 @@ class Engine:
             return
         if method == "ACK":
             return  # an ACK without To-tag and no transaction: nothing to do
-        if not self.accepting and method == "INVITE":
+        if not self._accepting and method == "INVITE":
             raise SipError(503, "Service Unavailable")
         hop = self.config.next_hop
         if hop is not None:

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 from test_engine_kit import CALLEE, CALLER, TCP, Call, Rig, crlf, one, pick
 
-from engine.dialog import DlgState
-from engine.dlg_records import RecordRing, install
-from engine.events import DialogStateChanged
+from engine.dialog import Dialog, DlgState
+from engine.dlg_records import RecordRing
 
 
 def answered_caller_bye(rig: Rig, call: Call) -> None:
@@ -88,7 +87,7 @@ def forked_early(rig: Rig, call: Call) -> None:
 def ended_by_mi(rig: Rig, call: Call) -> None:
     rig.call_up(call)
     dlg = rig.eng.dialogs.get_by_callid(call.callid)
-    assert dlg is not None and rig.eng.end_dialog(dlg, "MI Termination")
+    assert dlg is not None and rig.end_dialog(dlg)
     for bye in pick(rig.take(), method="BYE"):
         rig.recv(call.answer_request(bye), src=bye.dest)
 
@@ -97,7 +96,7 @@ def early_ended_by_mi(rig: Rig, call: Call) -> None:
     inv = one(rig.recv(call.invite()), method="INVITE")
     rig.recv(call.reply(inv, 180, "Ringing"), src=CALLEE)
     dlg = rig.eng.dialogs.get_by_callid(call.callid)
-    assert dlg is not None and rig.eng.end_dialog(dlg, "MI Termination")
+    assert dlg is not None and rig.end_dialog(dlg)
     cancel = one(rig.take(), method="CANCEL")
     rig.recv(call.answer_request(cancel), src=CALLEE)
     rig.recv(call.reply(inv, 487, "Request Terminated"), src=CALLEE)
@@ -176,10 +175,8 @@ def test_calls_of_every_kind_leave_no_reference_cycles(
     collector_off: None, config: dict[str, Any]
 ) -> None:
     rig = Rig(**config)
-    ring = RecordRing(50)
-    install(rig.eng, ring)
-    events: list[DialogStateChanged] = []
-    rig.eng.observers.append(events.append)
+    ring = rig.records = RecordRing(50)
+    events = rig.events
     n = 0
     for _ in range(5):
         for scenario in SCENARIOS:
@@ -198,15 +195,14 @@ def test_calls_of_every_kind_leave_no_reference_cycles(
 
 
 def test_the_check_finds_a_cycle_made_per_call(collector_off: None) -> None:
-    """The check above can fail: an ended-call hook that ties each dialog into a cycle is
-    caught, dialog and all."""
+    """The check above can fail: a shell that ties each ended dialog into a cycle is caught,
+    dialog and all."""
 
-    def tie(dlg: object) -> None:
-        box: list[object] = [dlg]
-        box.append(box)
+    def tie(dlg: Dialog) -> None:
+        dlg.timer = [dlg]
 
     rig = Rig()
-    rig.eng.ended_hooks.append(tie)
+    rig.on_ended = tie
     for n in range(3):
         answered_caller_bye(rig, Call(n))
     rig.advance(400.0)

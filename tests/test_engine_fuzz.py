@@ -126,7 +126,7 @@ def test_mutated_messages_never_raise(messages: list[bytes]) -> None:
     rig.recv(call.reply(inv, 200, "OK"), src=CALLEE)
     rig.advance(70)
     for dlg in list(rig.eng.dialogs):
-        rig.eng.end_dialog(dlg, "MI Termination")
+        rig.end_dialog(dlg)
     rig.advance(70)
     assert not rig.eng.client_txns and not rig.eng.server_txns
 

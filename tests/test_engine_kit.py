@@ -12,12 +12,15 @@ Topology used throughout::
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from helpers.sipmsg import SipMessage as Wire
 
-from engine.dialog import Socket
-from engine.events import Send
+from engine.dialog import Dialog, Socket
+from engine.dlg_records import RecordRing, make_record
+from engine.events import DialogChanged, DialogStateChanged, Send, StateChanged
 from engine.proxy import Engine, EngineConfig, NextHop
 
 PROXY_IP = "127.0.0.1"
@@ -65,13 +68,37 @@ class Rig:
         )
         self.eng = Engine([UDP, TCP], cfg, wall_offset=1_700_000_000.0, rng=random.Random(7))
         self.now = start
+        #: What the engine reported, drained after every call as the shell does.
+        self.events: list[DialogStateChanged] = []
+        self.changes: list[DialogChanged] = []
+        #: Fed a record of every dialog that ends, when set.
+        self.records: RecordRing | None = None
+        #: Called with every dialog that ends, when set.
+        self.on_ended: Callable[[Dialog], None] | None = None
+        #: A store pipeline (app.store.persistence.Persistence) told of every change, when set.
+        self.persistence: Any = None
 
     # -- feeding ----------------------------------------------------------------------------
 
     def take(self) -> list[Out]:
-        out = [Out(s, Wire(s.data.decode("utf-8", "surrogateescape"))) for s in self.eng.outbox]
-        self.eng.outbox.clear()
-        return out
+        for event in self.eng.take_events():
+            if isinstance(event, StateChanged):
+                self.events.append(event.public())
+            elif isinstance(event, DialogChanged):
+                self.changes.append(event)
+                if self.persistence is not None:
+                    self.persistence.note_change(event.dialog, event.state_only)
+            else:
+                if self.records is not None:
+                    self.records.add(make_record(self.eng, event.dialog))
+                if self.on_ended is not None:
+                    self.on_ended(event.dialog)
+        sends = self.eng.take_sends()
+        return [Out(s, Wire(s.data.decode("utf-8", "surrogateescape"))) for s in sends]
+
+    def end_dialog(self, dlg: Dialog, reason: str = "MI Termination", extra: str = "") -> bool:
+        """The MI's ``dlg_end_dlg`` at the rig's time; what it sends waits for :meth:`take`."""
+        return self.eng.end_dialog(dlg, reason, extra, self.now)
 
     def recv(
         self,

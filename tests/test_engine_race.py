@@ -11,13 +11,12 @@ from __future__ import annotations
 from test_engine_kit import CALLEE, CALLER, Call, Out, Rig, one, pick
 
 from engine.dialog import DlgState
-from engine.dlg_records import RecordRing, install
+from engine.dlg_records import RecordRing
 
 
 def rig_with_records() -> tuple[Rig, RecordRing]:
     rig = Rig()
-    ring = RecordRing(10)
-    install(rig.eng, ring)
+    ring = rig.records = RecordRing(10)
     return rig, ring
 
 

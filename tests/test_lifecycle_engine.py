@@ -8,13 +8,12 @@ from typing import Any
 from test_engine_kit import CALLEE, CALLER, Call, Rig, one, pick
 
 from engine.dialog import DlgState
-from engine.dlg_records import RecordRing, install
+from engine.dlg_records import RecordRing
 
 
 def _rig(**cfg: Any) -> tuple[Rig, Call, RecordRing]:
     rig = Rig(**cfg)
-    ring = RecordRing(10)
-    install(rig.eng, ring)
+    ring = rig.records = RecordRing(10)
     return rig, Call(), ring
 
 

@@ -93,7 +93,7 @@ def test_row_round_trip_every_field(tmp_path: Path) -> None:
     dlgs = [fake_dialog(i) for i in range(5)]
     store.write([dialog_row(d, 0.0, time.time()) for d in dlgs], ())
     eng = engine()
-    restored, expired = restore_dialogs(eng, store.load())
+    restored, expired = restore_dialogs(eng, store.load(), eng.now)
     assert not expired
     by_id = {d.db_id: d for d in restored}
     for d in dlgs:
@@ -121,13 +121,13 @@ def test_restore_keeps_ids_ahead_and_expires_overdue(tmp_path: Path) -> None:
     store.write([dialog_row(d, 0.0, time.time()) for d in (live, overdue)], ())
     eng = engine()
     eng.wall_offset = time.time()
-    restored, expired = restore_dialogs(eng, store.load())
+    restored, expired = restore_dialogs(eng, store.load(), eng.now)
     assert [d.callid for d in expired] == [overdue.callid]
     # A new dialog in the same bucket never reuses a restored id.
     h_entry, h_id = eng.dialogs.new_ids(live.callid)
     assert h_entry == live.h_entry and h_id > live.h_id
-    expire(eng, expired)
-    byes = [s for s in eng.outbox if s.data.startswith(b"BYE ")]
+    expire(eng, expired, eng.now)
+    byes = [s for s in eng.take_sends() if s.data.startswith(b"BYE ")]
     assert len(byes) == 2
     assert b"CSeq: 5 BYE" in byes[0].data  # max(callee_cseq 3, local 4) + 1 toward the caller
     assert b"CSeq: 12 BYE" in byes[1].data  # max(caller_cseq 9, local 11) + 1 toward callee
@@ -139,41 +139,42 @@ def test_only_confirmed_dialogs_are_restored(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "d.db"), 4096)
     rows = [dialog_row(fake_dialog(i, state=s), 0.0, 0.0) for i, s in enumerate(DlgState)]
     store.write(rows, ())
-    restored, _ = restore_dialogs(engine(), store.load())
+    restored, _ = restore_dialogs(engine(), store.load(), 0.0)
     assert sorted(d.state for d in restored) == [DlgState.CONFIRMED_NA, DlgState.CONFIRMED]
     store.close()
 
 
-def test_engine_marks_every_change_dirty() -> None:
-    rig = Rig()
-    eng = rig.eng
-    eng.track_dirty = True
+def test_engine_reports_every_change_to_store() -> None:
+    rig = Rig(report_changes=True)
+
+    def changed() -> set[Dialog]:
+        rig.take()
+        dialogs = {c.dialog for c in rig.changes}
+        rig.changes.clear()
+        return dialogs
+
     call = Call(1)
     inv = one(rig.recv(call.invite()), method="INVITE")
     rig.recv(call.reply(inv, 180, "Ringing"), src=CALLEE)
-    assert not eng.dirty  # unconfirmed / early dialogs are not stored
+    assert not changed()  # unconfirmed / early dialogs are not stored
     ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
-    (dlg,) = eng.dirty
+    (dlg,) = changed()
     assert dlg.state is DlgState.CONFIRMED_NA
-    eng.dirty.clear()
     rig.recv(call.ack(ok))
-    assert eng.dirty == {dlg} and dlg.state is DlgState.CONFIRMED
-    eng.dirty.clear()
+    assert changed() == {dlg} and dlg.state is DlgState.CONFIRMED
     reinvite = one(rig.recv(call.in_dialog("INVITE", ok)), method="INVITE")
-    assert eng.dirty == {dlg}
-    eng.dirty.clear()
+    assert changed() == {dlg}
     rig.recv(call.answer_request(reinvite), src=CALLEE)
-    assert eng.dirty == {dlg}  # the answer's contact/SDP
-    eng.dirty.clear()
+    assert changed() == {dlg}  # the answer's contact/SDP
     rig.recv(call.in_dialog("BYE", ok))
-    assert eng.dirty == {dlg} and dlg.state is DlgState.DELETED
+    assert changed() == {dlg} and dlg.state is DlgState.DELETED
 
 
-def test_dirty_not_tracked_without_persistence() -> None:
+def test_changes_not_reported_without_a_store() -> None:
     rig = Rig()
     call = Call(1)
     rig.call_up(call)
-    assert not rig.eng.dirty
+    assert not rig.changes
 
 
 def test_schema_version_and_metadata(tmp_path: Path) -> None:
@@ -260,17 +261,17 @@ def test_ack_writes_only_the_state(tmp_path: Path) -> None:
     """The ACK's 3 to 4 is a one-column update of the row the 200 wrote; any other change in
     the same group makes it a whole row again."""
 
-    rig = Rig()
+    rig = Rig(report_changes=True)
     store = SqliteStore(str(tmp_path / "d.db"), 4096)
-    db = Persistence(rig.eng, store)
+    db = rig.persistence = Persistence(rig.eng, store)
     call = Call(1)
     inv = one(rig.recv(call.invite()), method="INVITE")
     ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
     assert db.write_dirty()
     (row,) = store.load()
     rig.recv(call.ack(ok))
-    (dlg,) = rig.eng.dirty
-    assert rig.eng.state_only == {dlg}
+    (dlg,) = rig.persistence.dirty
+    assert rig.persistence.state_only == {dlg}
     batch = db._changes()
     assert batch is not None
     assert batch.changes[0] == [state_row(dlg, rig.eng.wall())]
@@ -284,9 +285,9 @@ def test_ack_writes_only_the_state(tmp_path: Path) -> None:
     ]
     # A re-INVITE after the ACK, before the next write: the whole row again.
     rig.recv(call.ack(ok))  # a retransmitted ACK changes nothing
-    assert not rig.eng.dirty
+    assert not rig.persistence.dirty
     rig.recv(call.in_dialog("INVITE", ok))
-    assert rig.eng.dirty == {dlg} and not rig.eng.state_only
+    assert rig.persistence.dirty == {dlg} and not rig.persistence.state_only
     batch = db._changes()
     assert batch is not None and len(batch.changes[0][0]) == len(DIALOG_COLUMNS)
     store.close()
@@ -304,21 +305,21 @@ def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) ->
                 raise DbError("disk full")
             super().write(*args, **kwargs)
 
-    rig = Rig()
+    rig = Rig(report_changes=True)
     store = FailingStore(str(tmp_path / "d.db"), 4096)
-    db = Persistence(rig.eng, store)
+    db = rig.persistence = Persistence(rig.eng, store)
     db.release = lambda items: None  # started, realtime, no writer thread: commits inline
     call = Call(1)
     inv = one(rig.recv(call.invite()), method="INVITE")
     rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE)
-    (dlg,) = rig.eng.dirty
+    (dlg,) = rig.persistence.dirty
     assert db.commit_inline(["200 OK"], now=10.0) == ["200 OK"]
-    assert db.failures == 1 and rig.eng.dirty == {dlg} and store.load() == []
+    assert db.failures == 1 and rig.persistence.dirty == {dlg} and store.load() == []
     store.failing = False
     assert db.commit_inline(["ACK"], now=10.0 + COMMIT_INTERVAL / 2) is None  # not due yet
     assert db.waiting == ["ACK"]
     assert db.commit_inline([], now=10.0 + COMMIT_INTERVAL) == ["ACK"]
-    assert [r[0] for r in store.load()] == [dlg.db_id] and not rig.eng.dirty
+    assert [r[0] for r in store.load()] == [dlg.db_id] and not rig.persistence.dirty
     assert db.failures == 1
     store.close()
 
@@ -335,9 +336,9 @@ class Serving(NamedTuple):
 
 def serving(tmp_path: Path) -> Serving:
     """Call inside a running event loop; :meth:`Persistence.close` it at the end."""
-    rig = Rig()
+    rig = Rig(report_changes=True)
     store = SqliteStore(str(tmp_path / "d.db"), 4096)
-    db = Persistence(rig.eng, store)
+    db = rig.persistence = Persistence(rig.eng, store)
     released: list[list[Any]] = []
     db.start(released.append, asyncio.get_running_loop())
     writer = db.writer
@@ -350,7 +351,7 @@ def answered(rig: Rig) -> tuple[Call, Out, Dialog]:
     call = Call(1)
     inv = one(rig.recv(call.invite()), method="INVITE")
     ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
-    (dlg,) = rig.eng.dirty
+    (dlg,) = rig.persistence.dirty
     return call, ok, dlg
 
 
@@ -373,16 +374,16 @@ def test_writer_process_commits_falls_back_and_is_replaced(
         writer.proc.wait()
         rig.recv(call.ack(ok))
         rig.recv(call.in_dialog("INVITE", ok))
-        assert rig.eng.dirty == {dlg}
+        assert rig.persistence.dirty == {dlg}
         db.dispatch(["re-INVITE"], 20.0)
         for _ in range(200):
             if db.writer is None and not db.in_flight:
                 break
             await asyncio.sleep(0.01)
         assert db.writer is None and db.failures == 1 and db.writer_kind == "event_loop"
-        assert released[-1] == ["re-INVITE"] and rig.eng.dirty == {dlg}  # sent, kept dirty
+        assert released[-1] == ["re-INVITE"] and rig.persistence.dirty == {dlg}  # sent, kept dirty
         assert db.dispatch(["200 re-INVITE"], 30.0) == ["200 re-INVITE"]  # on the loop
-        assert not rig.eng.dirty
+        assert not rig.persistence.dirty
         for _ in range(500):  # the background task starts a new one (about every second)
             if db.writer is not None:
                 break

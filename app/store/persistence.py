@@ -180,7 +180,11 @@ class Persistence:
         self.realtime = mode == "realtime"
         self.update_period = update_period
         self.retention = retention
-        engine.track_dirty = mode != "shutdown"
+        #: Dialogs changed since they were last handed to the store (the engine's
+        #: ``DialogChanged`` effects, via :meth:`note_change`), and those of them whose state
+        #: is all that changed (one column to update).
+        self.dirty: set[Dialog] = set()
+        self.state_only: set[Dialog] = set()
         #: db_ids that have a row in the store (so a dialog ending knows to delete it).
         self.persisted: set[int] = set()
         self.pending_ended: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ENDED)
@@ -239,7 +243,7 @@ class Persistence:
         """The dirty dialogs and pending records as one change set (None if nothing to do);
         ``persisted`` is updated now, and put back by :meth:`_undo` if the write fails."""
         eng = self.engine
-        dirty = eng.dirty
+        dirty = self.dirty
         if not dirty and not self.pending_ended:
             return None
         upserts = []
@@ -247,7 +251,7 @@ class Persistence:
         persisted = self.persisted
         wall_offset = eng.wall_offset
         now = eng.wall()
-        state_only = eng.state_only
+        state_only = self.state_only
         for dlg in dirty:
             state = dlg.state
             if state in STORED_STATES:
@@ -273,7 +277,7 @@ class Persistence:
         """A failed write: its dialogs are dirty again, its records pending again."""
         upserts, deletes, ended = batch.changes
         self.persisted.update(deletes)
-        self.engine.dirty.update(batch.dialogs)
+        self.dirty.update(batch.dialogs)
         self.pending_ended.extendleft(reversed(ended))
 
     def write_dirty(self) -> bool:
@@ -304,7 +308,7 @@ class Persistence:
         return len(self.waiting) + sum(len(b.held) for b in self.in_flight)
 
     def uncommitted_dialogs(self) -> int:
-        return len(self.engine.dirty) + sum(len(b.dialogs) for b in self.in_flight)
+        return len(self.dirty) + sum(len(b.dialogs) for b in self.in_flight)
 
     def _count(self, batches: list[_Batch]) -> None:
         self.writes += 1
@@ -313,6 +317,15 @@ class Persistence:
             self.rows += len(upserts) + len(deletes) + len(ended)
 
     # -- realtime: commit groups -------------------------------------------------------------
+
+    def note_change(self, dlg: Dialog, state_only: bool) -> None:
+        """The engine reported a change of ``dlg`` worth storing."""
+        if not state_only:
+            self.dirty.add(dlg)
+            self.state_only.discard(dlg)
+        elif dlg not in self.dirty:
+            self.dirty.add(dlg)
+            self.state_only.add(dlg)
 
     def note_dirty(self, callid: str) -> None:
         """Realtime: a message of ``callid`` just changed its dialogs (a message only ever
@@ -360,7 +373,7 @@ class Persistence:
         """Realtime without a writer: commit on the event loop, at most every
         COMMIT_INTERVAL; returns what may leave now, or None if the commit is not due yet
         (``outbox`` then joins the waiting messages)."""
-        if not (self.engine.dirty or self.pending_ended):
+        if not (self.dirty or self.pending_ended):
             return self._take_waiting(outbox)
         if now < self.last_commit + COMMIT_INTERVAL:
             self.waiting.extend(outbox)
@@ -385,7 +398,7 @@ class Persistence:
         pays one hand-off per group, not per message.  None: the group is not due yet, the
         messages wait (see :meth:`dispatch`)."""
         items = self._take_waiting(outbox)
-        if self.engine.dirty or self.pending_ended:
+        if self.dirty or self.pending_ended:
             if self.in_flight or now < self.last_commit + COMMIT_INTERVAL:
                 self.waiting = items
                 return None
@@ -419,7 +432,7 @@ class Persistence:
                     unsettled.pop(dlg.callid, None)
             if release is not None and b.held:
                 release(b.held)
-        if self.wake is not None and (self.waiting or self.engine.dirty or self.pending_ended):
+        if self.wake is not None and (self.waiting or self.dirty or self.pending_ended):
             self.wake()  # the next group is due
 
     async def settle(self) -> None:
@@ -440,9 +453,8 @@ class Persistence:
         self.writes += 1
         self.persisted = {row[0] for row in rows}
         self.pending_ended.clear()
-        if self.mode != "shutdown":
-            eng.dirty.clear()
-            eng.state_only.clear()
+        self.dirty.clear()
+        self.state_only.clear()
 
     def _failed(self, exc: DbError) -> None:
         self.failures += 1
@@ -455,7 +467,7 @@ class Persistence:
 
     # -- restoring ----------------------------------------------------------------------------
 
-    def restore(self, *, skip_known: bool = False) -> tuple[list[Dialog], list[Dialog]]:
+    def restore(self, now: float, *, skip_known: bool = False) -> tuple[list[Dialog], list[Dialog]]:
         """Load every stored dialog into the engine; returns (restored, expired).
 
         The expired ones (lifetime over while down) must then be ended with :meth:`expire`
@@ -470,23 +482,11 @@ class Persistence:
         gc.disable()
         try:
             rows = self.store.load()
-            before = set(eng.dirty)
-            restored, expired = restore_dialogs(eng, rows, skip_known=skip_known)
+            restored, expired = restore_dialogs(eng, rows, now, skip_known=skip_known)
         finally:
             if gc_was_enabled:
                 gc.enable()
-        # Re-arming the lifetimes marked them dirty: they are stored already.
-        eng.dirty.clear()
-        eng.dirty.update(before)
-        eng.state_only.intersection_update(before)
         self.persisted.update(d.db_id for d in restored)
-        ping = getattr(eng.config, "ping", "none")
-        if ping != "none":
-            from engine import dlg_ping
-
-            for dlg in restored:
-                if dlg not in expired:
-                    dlg_ping.start(eng, dlg)
         if self.mode == "shutdown" and not skip_known:
             # Only a clean stop writes the table again: a crash must not bring these back.
             self.store.write((), (), (), replace_all=True)
@@ -502,10 +502,10 @@ class Persistence:
             )
         return restored, expired
 
-    def expire(self, dialogs: list[Dialog]) -> None:
+    def expire(self, dialogs: list[Dialog], now: float) -> None:
         """End dialogs whose lifetime ran out while the server was down (BYEs both ways)."""
         if dialogs:
-            expire(self.engine, dialogs)
+            expire(self.engine, dialogs, now)
 
     # -- background work ----------------------------------------------------------------------
 
