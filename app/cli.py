@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("mi", help="call an MI command", add_help=False)
     sub.add_parser("mi-schema", help="print the JSON Schema of the MI")
     if argv and argv[0] == "mi":
-        from . import mi_client
+        from .mi import client as mi_client
 
         return mi_client.main(argv[1:])
     args = parser.parse_args(argv)
@@ -126,7 +126,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(cli, args.config)
         try:
-            from .mi import check_mi_exposure
+            from .mi.http import check_mi_exposure
 
             address = settings.mi_address()
             if address is not None:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .histogram import Histogram
+from .observe.histogram import Histogram
 
 log = logging.getLogger("sipdlg.gc")
 

@@ -1,7 +1,7 @@
 """The MI's commands as data: parameter recipes, parameter types and result shapes.
 
 This module is the single source of truth for the management interface.  The JSON-RPC server
-(``app/mi.py``) matches every call against the recipes declared here and validates the
+(``app/mi/http.py``) matches every call against the recipes declared here and validates the
 parameters with the pydantic models built from them; ``which`` answers from the same recipes;
 ``mi_json_schema()`` publishes it all as a JSON Schema.  Matching follows OpenSIPS 3.x
 (``mi/mi.c``): reference §1.3, with the exact ``data`` texts of §1.4.

@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from helpers.mi_fake import FakeService
 
-from app import mi_client
-from app.mi import create_mi_app
+from app.mi import client as mi_client
+from app.mi.http import create_mi_app
 from schemas import COMMANDS, mi_json_schema
 
 BIN = Path(sys.executable).parent
@@ -162,15 +162,15 @@ def test_client_json_modifier() -> None:
 async def test_sipdlg_mi_command(mi_url: tuple[FakeService, str]) -> None:
     _, url = mi_url
     rc, out, err = await run(
-        sys.executable, "-m", "app.mi_client", "--url", url, "dlg_list", "index=0", "counter=1"
+        sys.executable, "-m", "app.mi.client", "--url", url, "dlg_list", "index=0", "counter=1"
     )
     assert rc == 0, err
     assert json.loads(out)["count"] == 3
-    rc, out, err = await run(sys.executable, "-m", "app.mi_client", "--url", url, "dlg_list", "x")
+    rc, out, err = await run(sys.executable, "-m", "app.mi.client", "--url", url, "dlg_list", "x")
     assert rc == 1
     assert err.strip() == "error: -32602: Invalid params (Command only supports named parameters)"
     rc, _, err = await run(
-        sys.executable, "-m", "app.mi_client", "--url", "http://127.0.0.1:1/mi", "uptime"
+        sys.executable, "-m", "app.mi.client", "--url", "http://127.0.0.1:1/mi", "uptime"
     )
     assert rc == 1 and "cannot reach" in err
 
@@ -180,10 +180,10 @@ async def test_sipdlg_mi_token() -> None:
     await srv.start_server()
     try:
         url = f"http://127.0.0.1:{srv.port}/mi"
-        rc, _, err = await run(sys.executable, "-m", "app.mi_client", "--url", url, "uptime")
+        rc, _, err = await run(sys.executable, "-m", "app.mi.client", "--url", url, "uptime")
         assert rc == 1 and "HTTP 401" in err
         rc, out, err = await run(
-            sys.executable, "-m", "app.mi_client", "--url", url, "--token", "t0k", "uptime"
+            sys.executable, "-m", "app.mi.client", "--url", url, "--token", "t0k", "uptime"
         )
         assert rc == 0, err
         assert "Up time" in json.loads(out)

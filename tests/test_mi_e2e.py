@@ -228,7 +228,7 @@ async def test_real_clients_against_live_server(
     assert one["Dialog"]["ID"] == dialogs[1]["ID"]
     assert await asyncio.to_thread(client.execute, "dlg_end_dlg", [dialogs[1]["callid"]]) == "OK"
     rc, out, err = await _run(
-        sys.executable, "-m", "app.mi_client", "--url", server.mi_url, "get_statistics", "dialog:"
+        sys.executable, "-m", "app.mi.client", "--url", server.mi_url, "get_statistics", "dialog:"
     )
     assert rc == 0, err
     assert json.loads(out)["dialog:processed_dialogs"] == 2

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 from helpers.mi_fake import FakeService
 from test_mi_samples import check_dialog
 
-from app.mi import create_mi_app
+from app.mi.http import create_mi_app
 
 
 async def _ticker(gaps: list[float], stop: asyncio.Event) -> None:

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from helpers.mi_fake import FakeService, make_dialog
 from helpers.shared import SAMPLES_DIR
 
-from app.mi import create_mi_app
+from app.mi.http import create_mi_app
 from engine.dialog import DlgState
 from schemas.mi import DialogCtxOut, DialogOut
 

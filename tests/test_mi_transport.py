@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from helpers.mi_fake import FakeService
 from test_mi_samples import check_dialog, raw_http
 
-from app.mi import check_mi_exposure, create_mi_app
+from app.mi.http import check_mi_exposure, create_mi_app
 from engine.dialog import DlgState
 
 

@@ -43,7 +43,7 @@ from engine.dlg_db import (
 from engine.dlg_records import RecordRing
 from engine.proxy import Engine
 
-from ..histogram import Histogram
+from ..observe.histogram import Histogram
 from .base import DialogStore
 from .sqlite import SqliteStore
 from .writer import ProcessWriter

@@ -1,10 +1,10 @@
-"""Wires the dialog-lifecycle extras into a running :class:`app.server.SipService`.
+"""Wires the dialog-lifecycle extras into a running :class:`app.sip.service.SipService`.
 
 ``Lifecycle(service)`` (made in ``SipService.__init__``) keeps the ended-call records
 (``service.records``, fed from the engine's ``DialogEnded`` effects), the MI request counts
-(``service.mi_requests``, bumped by ``app/mi.py``), the event bus and its webhooks, the loop-lag
-monitor, and adds ``GET /events`` and ``GET /metrics`` to the MI application (``extend_app``),
-behind the MI's auth.  ``start``/``stop`` run and end the background tasks.
+(``service.mi_requests``, bumped by ``app/mi/http.py``), the event bus and its webhooks, the
+loop-lag monitor, and adds ``GET /events`` and ``GET /metrics`` to the MI application
+(``extend_app``), behind the MI's auth.  ``start``/``stop`` run and end the background tasks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .events import EventBus, Webhook, event_dict, sse_handler
 from .metrics import LoopLag, make_registry, metrics_handler
 
 if TYPE_CHECKING:
-    from .server import SipService
+    from ..sip.service import SipService
 
 log = logging.getLogger("sipdlg.lifecycle")
 

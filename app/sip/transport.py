@@ -15,7 +15,7 @@ from engine.framing import StreamFramer
 from engine.message import SipError
 
 if TYPE_CHECKING:
-    from .server import SipService
+    from .service import SipService
 
 log = logging.getLogger("sipdlg.transport")
 

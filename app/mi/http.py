@@ -2,7 +2,7 @@
 
 The envelope is checked here with OpenSIPS's own rules and texts (reference §1.2: which errors
 echo the id, float ids truncated, no batch), then the call is dispatched with jsonrpcserver to
-the commands of ``app/mi_commands.py``, whose params are matched against the recipes of
+the commands of ``app/mi/commands.py``, whose params are matched against the recipes of
 ``schemas.mi`` (§1.3).  Replies are written by hand so the bytes are OpenSIPS's: compact JSON,
 members ``jsonrpc``, ``result|error``, ``id``.  Where OpenSIPS leaves a connection hanging
 (notification, empty body, GET, object id) we always finish the HTTP answer.
@@ -39,8 +39,8 @@ from schemas.mi import (
     ParamsError,
 )
 
-from .mi_commands import HANDLERS, DialogOps, MiError, RawResult
-from .mi_format import to_wire
+from .commands import HANDLERS, DialogOps, MiError, RawResult
+from .format import to_wire
 
 log = logging.getLogger("sipdlg.mi")
 

@@ -1,5 +1,5 @@
 """A fixed-bucket histogram of durations, cheap enough to observe on the event loop, exported
-by ``/metrics`` (app/metrics.py) in Prometheus's cumulative form."""
+by ``/metrics`` (app/observe/metrics.py) in Prometheus's cumulative form."""
 
 from __future__ import annotations
 

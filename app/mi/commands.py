@@ -25,7 +25,7 @@ from engine.dlg_table import DialogTable
 from engine.stats import DIALOG_STATS, Stats
 from schemas.mi import COMMANDS
 
-from .mi_format import dialog_json, to_wire
+from .format import dialog_json, to_wire
 
 log = logging.getLogger("sipdlg.mi")
 
@@ -46,7 +46,7 @@ class DialogView(Protocol):
 
 
 class DialogOps(Protocol):
-    """Everything the MI may read from or do to the running server (``app/server.py``); the
+    """Everything the MI may read from or do to the running server (``app/sip/service.py``); the
     handlers use nothing else, and ``tests/helpers/mi_fake.py`` stands in for it."""
 
     started_at: float

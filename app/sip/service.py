@@ -1,0 +1,349 @@
+"""The SIP service: the engine driven by asyncio: bytes in, effects out, timers ticked."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import socket as socketlib
+import time
+from typing import Any
+
+from engine.dialog import Dialog, Socket
+from engine.events import DialogChanged, Send, StateChanged
+from engine.proxy import VERSION, Engine, EngineConfig
+
+from ..config import Settings
+from ..gc_policy import GcPolicy
+from ..observe.lifecycle import Lifecycle
+from ..store.persistence import COMMIT_INTERVAL, Persistence
+from .transport import TcpConnection, UdpEndpoint
+
+log = logging.getLogger("sipdlg")
+
+UDP_BUFFER = 4 << 20
+
+
+class SipService:
+    """Owns the engine and wires it to asyncio: feeds it bytes, flushes its outbox, ticks it."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.settings = settings
+        self.loop = loop or asyncio.get_running_loop()
+        self.version = VERSION
+        self.revision: str | None = None
+        self.started_at = time.time()
+        config = EngineConfig(
+            next_hop=settings.next_hop_target(),
+            default_timeout=settings.default_timeout,
+            hash_size=settings.hash_size,
+            max_message_size=settings.max_message_size,
+            delete_delay=settings.delete_delay,
+            bye_on_timeout=settings.bye_on_timeout,
+            ping=settings.ping,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            race_condition_timeout=settings.race_condition_timeout,
+            report_changes=settings.stores_changes(),
+        )
+        self.sockets = settings.sockets()
+        self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
+        # Ended-call records, events (SSE, webhooks), metrics: app/observe/lifecycle.py.
+        self.lifecycle = Lifecycle(
+            self,
+            ended_records=settings.ended_records,
+            webhooks=settings.webhook,
+            event_queue=settings.event_queue,
+            webhook_timeout=settings.webhook_timeout,
+        )
+        self.records = self.lifecycle.records
+        self.mi_requests = self.lifecycle.mi_requests
+        self._udp: dict[int, asyncio.DatagramTransport] = {}
+        self._tcp_servers: list[asyncio.base_events.Server] = []
+        self._conns: dict[int, TcpConnection] = {}
+        self._conn_by_peer: dict[tuple[str, int], TcpConnection] = {}
+        self._next_conn = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = float("inf")
+        self._literal: dict[str, bool] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        #: Dialog persistence (app/store/persistence.py), set by run() unless ``--db none``.
+        self.db: Persistence | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        expired: list[Dialog] = []
+        if self.db is not None:  # restored before the sockets open: no request misses them
+            self.db.attach_records(self.records)
+            expired = self.db.restore(self.loop.time())[1]
+        for sock in self.sockets:
+            if sock.proto == "udp":
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    functools.partial(UdpEndpoint, self, sock), local_addr=(sock.host, sock.port)
+                )
+                self._udp[id(sock)] = transport  # type: ignore[assignment]
+                _grow_buffers(transport.get_extra_info("socket"))
+            else:
+                server = await self.loop.create_server(
+                    functools.partial(self._accept, sock), sock.host, sock.port, reuse_address=True
+                )
+                self._tcp_servers.append(server)
+            log.info("listening on %s", sock)
+        self._sweeper = self.loop.create_task(self._sweep_idle())
+        await self.lifecycle.start()
+        if self.db is not None:
+            # lifetime over while down: "Lifetime Timeout", BYEs
+            self.db.expire(expired, self.loop.time())
+            self.db.start(self._release, self.loop, self._wake)
+            self.flush()
+
+    async def stop(self) -> None:
+        await self.lifecycle.stop()
+        if self._sweeper:
+            self._sweeper.cancel()
+        for server in self._tcp_servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for transport in self._udp.values():
+            transport.close()
+        if self._timer:
+            self._timer.cancel()
+
+    # -- engine driving -----------------------------------------------------------------------
+
+    def feed(self, data: bytes, sock: Socket, src: tuple[str, int], conn: int | None) -> None:
+        engine = self.engine
+        db = self.db
+        callid = ""
+        try:
+            callid = engine.receive(data, sock, src, conn, self.loop.time())
+        except Exception:  # a bug must cost one message, never the server
+            log.exception("error processing a message from %s:%s", src[0], src[1])
+            engine.stats.parse_errors += 1
+        changed = self.dispatch_events()
+        if db is None or not db.realtime or db.release is None:
+            self.flush()
+            return
+        # Realtime: what this message caused waits for the commit of the dialogs it changed
+        # (or of its call's earlier change); everything else leaves now.  One commit covers
+        # every message read in this loop iteration (group commit).
+        sends = engine.take_sends()
+        if changed:
+            db.note_dirty(callid)
+        if sends:
+            if changed or db.must_wait(callid):
+                db.waiting.extend(sends)
+            else:
+                for item in sends:
+                    self._send(item)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
+
+    def dispatch_events(self) -> bool:
+        """Hand what the engine reported to its rooms: changes to the store, state changes
+        and ended dialogs to the lifecycle (events, records).  True if a dialog changed in a
+        way the store must write."""
+        events = self.engine.take_events()
+        if not events:
+            return False
+        changed = False
+        db = self.db
+        life = self.lifecycle
+        for event in events:
+            if type(event) is DialogChanged:
+                changed = True
+                if db is not None:
+                    db.note_change(event.dialog, event.state_only)
+            elif type(event) is StateChanged:
+                life.state_changed(event)
+            else:
+                life.ended(event.dialog)
+        return changed
+
+    # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
+
+    @property
+    def has_db(self) -> bool:
+        return self.db is not None
+
+    def db_sync(self) -> None:
+        """MI ``dlg_db_sync``: the stored dialogs become the ones in memory."""
+        assert self.db is not None
+        self.db.sync_all()
+
+    def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
+        """MI ``dlg_set_timeout``: re-arm a dialog's lifetime at the loop's current time."""
+        ok = self.engine.set_timeout(dlg, seconds, self.loop.time())
+        self.flush()
+        return ok
+
+    def restore_db(self) -> int:
+        """MI ``dlg_restore_db``: load stored dialogs missing from memory; how many came."""
+        assert self.db is not None
+        restored, expired = self.db.restore(self.loop.time(), skip_known=True)
+        self.db.expire(expired, self.loop.time())
+        self.flush()
+        return len(restored)
+
+    def _release(self, items: list[Send]) -> None:
+        """Messages whose dialog changes are committed (realtime persistence)."""
+        for item in items:
+            self._send(item)
+
+    def _wake(self) -> None:
+        """A commit group is done and more wait: flush in this loop iteration's callbacks."""
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def end_dialog(
+        self, dlg: Dialog, reason: str = "MI Termination", extra_headers: str = ""
+    ) -> bool:
+        ok = self.engine.end_dialog(dlg, reason, extra_headers, self.loop.time())
+        self.flush()
+        return ok
+
+    def flush(self) -> None:
+        """After any call into the engine: dispatch its events, send (or, in realtime, hand
+        to the store) what it sends, and re-arm the timer for its next deadline."""
+        engine = self.engine
+        self.dispatch_events()
+        outbox = engine.take_sends()
+        db = self.db
+        if db is not None and db.realtime:
+            # Durable before the messages that caused it go out: the writer commits,
+            # then releases them (and everything queued behind them, to keep the order).
+            if db.release is None:  # not serving yet (restore, start-up expiries)
+                if db.dirty or db.pending_ended:
+                    db.write_dirty()
+            elif outbox or db.waiting or db.dirty or db.pending_ended:
+                ready = db.dispatch(outbox, self.loop.time())
+                outbox.clear()
+                if ready is None:
+                    if self._flush_handle is None and not db.in_flight:
+                        self._flush_handle = self.loop.call_at(
+                            db.last_commit + COMMIT_INTERVAL, self._flush_soon
+                        )
+                else:
+                    outbox.extend(ready)
+        for item in outbox:
+            self._send(item)
+        deadline = engine.next_deadline()
+        if deadline is not None and deadline < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = float("inf")
+        try:
+            self.engine.handle_timers(self.loop.time())
+        except Exception:
+            log.exception("error in a timer")
+        self.flush()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _is_literal(self, host: str) -> bool:
+        hit = self._literal.get(host)
+        if hit is None:
+            try:
+                ipaddress.ip_address(host)
+                hit = True
+            except ValueError:
+                hit = False
+            self._literal[host] = hit
+        return hit
+
+    def _send(self, item: Send) -> None:
+        if not self._is_literal(item.host):
+            self.loop.create_task(self._resolve_and_send(item))
+            return
+        sock = item.socket
+        if sock.proto == "udp":
+            transport = self._udp.get(id(sock))
+            if transport is not None:
+                transport.sendto(item.data, (item.host, item.port))
+            return
+        conn = self._conns.get(item.conn) if item.conn is not None else None
+        if conn is None or conn.closed:
+            conn = self._conn_by_peer.get((item.host, item.port))
+        if conn is None or conn.closed:
+            conn = self._connect(sock, item.host, item.port)
+        conn.write(item.data)
+
+    async def _resolve_and_send(self, item: Send) -> None:
+        try:
+            infos = await self.loop.getaddrinfo(item.host, item.port, type=2)
+        except OSError as exc:
+            log.info("cannot resolve %s: %s", item.host, exc)
+            return
+        if infos:
+            address = infos[0][4][0]
+            self._send(item._replace(host=str(address)))
+
+    # -- TCP ----------------------------------------------------------------------------------
+
+    def _new_conn(self, sock: Socket) -> TcpConnection:
+        self._next_conn += 1
+        return TcpConnection(self, sock, self._next_conn)
+
+    def _accept(self, sock: Socket) -> TcpConnection:
+        return self._new_conn(sock)
+
+    def _connect(self, sock: Socket, host: str, port: int) -> TcpConnection:
+        conn = self._new_conn(sock)
+        self._conn_by_peer[(host, port)] = conn
+        self._conns[conn.conn_id] = conn
+
+        async def open_connection() -> None:
+            try:
+                await self.loop.create_connection(lambda: conn, host, port)
+            except OSError as exc:
+                log.info("tcp connect to %s:%s failed: %s", host, port, exc)
+                conn.connection_lost(exc)
+
+        self.loop.create_task(open_connection())
+        return conn
+
+    def tcp_opened(self, conn: TcpConnection) -> None:
+        self._conns[conn.conn_id] = conn
+        self._conn_by_peer[conn.peer] = conn
+        self.engine.stats.tcp_connections += 1
+
+    def tcp_closed(self, conn: TcpConnection) -> None:
+        if self._conns.get(conn.conn_id) is conn:
+            del self._conns[conn.conn_id]
+        for peer, c in list(self._conn_by_peer.items()):
+            if c is conn:
+                del self._conn_by_peer[peer]
+
+    async def _sweep_idle(self) -> None:
+        limit = self.settings.tcp_idle_timeout
+        while True:
+            await asyncio.sleep(min(10, limit))
+            cutoff = self.loop.time() - limit
+            for conn in list(self._conns.values()):
+                if conn.last_active < cutoff:
+                    conn.close()
+
+
+def _grow_buffers(sock: Any) -> None:
+    """Bigger UDP buffers absorb bursts instead of dropping them (each drop costs a T1 wait)."""
+    if sock is None:
+        return
+    for option in (socketlib.SO_RCVBUF, socketlib.SO_SNDBUF):
+        try:
+            sock.setsockopt(socketlib.SOL_SOCKET, option, UDP_BUFFER)
+        except OSError:
+            pass
