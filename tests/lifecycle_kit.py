@@ -1,4 +1,5 @@
-"""Helpers of the lifecycle, events and metrics tests: a blocking MI client and polling."""
+"""The tests' blocking MI client (``mi``, ``mi_raw``) and polling helpers, shared by every test
+that talks to a real server."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def mi_raw(server: SipdlgProcess, method: str, params: Any = None, token: str | 
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(server.mi_url, json.dumps(doc).encode(), headers)
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
 

@@ -7,7 +7,6 @@ Topology: SIPp UAC -> sipdlg -> SIPp UAS.  The restarted server listens on the s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import REPO_ROOT, SipdlgProcess, SipMessage, Sipp, free_port
+from lifecycle_kit import mi, mi_raw
 
 pytestmark = pytest.mark.sipp
 
@@ -27,19 +27,8 @@ pytestmark = pytest.mark.sipp
 # ------------------------------------------------------------------------------ helpers
 
 
-def mi(server: SipdlgProcess, method: str, params: Any = None) -> Any:
-    doc: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": 1}
-    if params is not None:
-        doc["params"] = params
-    req = urllib.request.Request(
-        server.mi_url, json.dumps(doc).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def dialogs(server: SipdlgProcess) -> list[dict[str, Any]]:
-    return mi(server, "dlg_list")["result"]["Dialogs"]  # type: ignore[no-any-return]
+    return mi_raw(server, "dlg_list")["result"]["Dialogs"]  # type: ignore[no-any-return]
 
 
 def wait_dialogs(
@@ -133,7 +122,7 @@ def db_url(path: Path) -> str:
 
 def end_all(server: SipdlgProcess, ids: list[str]) -> None:
     for did in ids:
-        reply = mi(server, "dlg_end_dlg", {"dialog_id": did})
+        reply = mi_raw(server, "dlg_end_dlg", {"dialog_id": did})
         assert reply.get("result") == "OK", (did, reply)
 
 
@@ -169,7 +158,7 @@ def test_kill9_restart_100_calls(
     by_id = {d["ID"]: d for d in before}
     for d in after:  # what dlg_list shows is unchanged (timestart, timeout, tags, routes)
         assert d == by_id[d["ID"]]
-    stats = mi(server2, "get_statistics", {"statistics": ["dialog:"]})["result"]
+    stats = mi_raw(server2, "get_statistics", {"statistics": ["dialog:"]})["result"]
     assert stats["dialog:active_dialogs"] == 100
     assert stats["dialog:early_dialogs"] == 0
 
@@ -180,10 +169,9 @@ def test_kill9_restart_100_calls(
     assert_cseq_above_seen(uac)
     assert_cseq_above_seen(uas)
     assert dialogs(server2) == []
-    ended = mi(server2, "dlg_list_ended")
-    if "result" in ended:  # issue 4's records, stored in the same database
-        reasons = [r["end_reason"] for r in ended["result"]["Dialogs"]]
-        assert reasons.count("MI Termination") == 100
+    # The ended-call records are stored in the same database: back after the restart.
+    reasons = [r["end_reason"] for r in mi(server2, "dlg_list_ended")["Dialogs"]]
+    assert reasons.count("MI Termination") == 100
 
 
 def metric(server: SipdlgProcess, line_start: str) -> float | None:
@@ -263,7 +251,7 @@ def test_in_dialog_requests_after_restart(
     assert len(reinvites) == 10
     byes_after_restart(uas, 10)
     assert dialogs(server2) == []
-    stats = mi(server2, "get_statistics", {"statistics": ["active_dialogs"]})["result"]
+    stats = mi_raw(server2, "get_statistics", {"statistics": ["active_dialogs"]})["result"]
     assert stats["dialog:active_dialogs"] == 0
 
 
@@ -322,12 +310,11 @@ def test_lifetime_runs_out_while_down(
     assert res.ok and res.successful == 5, res.describe()
     byes_after_restart(uas, 5)
     assert dialogs(server2) == []
-    stats = mi(server2, "get_statistics", {"statistics": ["dialog:"]})["result"]
+    stats = mi_raw(server2, "get_statistics", {"statistics": ["dialog:"]})["result"]
     assert stats["dialog:expired_dialogs"] == 5
     assert stats["dialog:active_dialogs"] == 0
-    ended = mi(server2, "dlg_list_ended")
-    if "result" in ended:
-        assert [r["end_reason"] for r in ended["result"]["Dialogs"]] == ["Lifetime Timeout"] * 5
+    ended = mi(server2, "dlg_list_ended")["Dialogs"]
+    assert [r["end_reason"] for r in ended] == ["Lifetime Timeout"] * 5
 
 
 def test_mi_db_sync_and_restore(
@@ -343,27 +330,27 @@ def test_mi_db_sync_and_restore(
     uac = sipp("uac_wait_bye", remote=server.sip_address, calls=3, rate=50, timeout=30)
     uac.start()
     before = wait_dialogs(server, 3)
-    assert mi(server, "dlg_db_sync") == {"jsonrpc": "2.0", "result": "OK", "id": 1}
-    assert mi(server, "dlg_restore_db") == {"jsonrpc": "2.0", "result": "OK", "id": 1}
+    assert mi_raw(server, "dlg_db_sync") == {"jsonrpc": "2.0", "result": "OK", "id": 1}
+    assert mi_raw(server, "dlg_restore_db") == {"jsonrpc": "2.0", "result": "OK", "id": 1}
     assert sorted(d["ID"] for d in dialogs(server)) == sorted(d["ID"] for d in before)
     # shutdown mode writes only at a clean stop; dlg_db_sync made the file current already.
     kill9(server)
     server2 = restart(sipdlg_server, server, "sipdlg-synced", db=db, db_mode="shutdown")
     after = wait_dialogs(server2, 3, timeout=5)
     assert sorted(d["ID"] for d in after) == sorted(d["ID"] for d in before)
-    assert "dlg_db_sync" in mi(server2, "which")["result"]
-    assert mi(server2, "which", {"command": "dlg_restore_db"})["result"] == [[]]
-    assert mi(server2, "dlg_db_sync", ["x"])["error"]["code"] == -32602
+    assert "dlg_db_sync" in mi_raw(server2, "which")["result"]
+    assert mi_raw(server2, "which", {"command": "dlg_restore_db"})["result"] == [[]]
+    assert mi_raw(server2, "dlg_db_sync", ["x"])["error"]["code"] == -32602
     end_all(server2, [d["ID"] for d in after])
     assert uac.wait(timeout=30).successful == 3
 
     nodb = sipdlg_server(db="none")
-    assert mi(nodb, "dlg_db_sync") == {
+    assert mi_raw(nodb, "dlg_db_sync") == {
         "jsonrpc": "2.0",
         "error": {"code": 400, "message": "Cannot sync in no-db mode"},
         "id": 1,
     }
-    assert mi(nodb, "dlg_restore_db") == {
+    assert mi_raw(nodb, "dlg_restore_db") == {
         "jsonrpc": "2.0",
         "error": {"code": 400, "message": "Cannot restore db in no-db mode!"},
         "id": 1,

@@ -6,36 +6,19 @@ and to end one.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import pytest
 from helpers import SipdlgProcess, SipMessage, Sipp
+from lifecycle_kit import mi
 
 pytestmark = pytest.mark.sipp
 
 Server = Callable[..., SipdlgProcess]
 SippFactory = Callable[..., Sipp]
-
-
-def mi(server: SipdlgProcess, method: str, params: Any = None) -> Any:
-    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": 1}
-    if params is not None:
-        body["params"] = params
-    req = urllib.request.Request(
-        server.mi_url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        out = json.loads(resp.read())
-    if "error" in out:
-        raise AssertionError(f"MI {method} {params}: {out['error']}")
-    return out["result"]
 
 
 def dialog_stats(server: SipdlgProcess) -> dict[str, int]:
