@@ -22,7 +22,7 @@ from engine.dlg_records import Record, RecordRing, make_record
 from engine.events import StateChanged
 
 from .events import EventBus, Webhook, event_dict, sse_handler
-from .metrics import LoopLag, make_registry, metrics_handler
+from .metrics import LoopLag, MetricSource, make_registry, metrics_handler
 
 if TYPE_CHECKING:
     from ..sip.service import SipService
@@ -49,6 +49,8 @@ class Lifecycle:
         self.bus = EventBus(event_queue)
         self.webhooks = [Webhook(self.bus, url, timeout=webhook_timeout) for url in webhooks or ()]
         self.lag = LoopLag()
+        #: Subsystems that add their own families to ``/metrics`` (the store, the collector).
+        self.metric_sources: list[MetricSource] = []
         self.registry = make_registry(self)
         self._session: ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -19,13 +19,14 @@ time, so the SIP hot path only bumps ints.  Metric families:
   ``sipdlg_events_{delivered,dropped,failed}_total{kind,consumer}``;
 * ``sipdlg_event_loop_lag_seconds`` (last sample), ``..._lag_max_seconds`` and a histogram
   of samples;
-* ``sipdlg_gc_pause_seconds`` (histogram), ``sipdlg_gc_pause_max_seconds``,
-  ``sipdlg_memory_allocated_blocks`` and its ``..._budget``, ``sipdlg_gc_rescans_total`` and
-  ``sipdlg_gc_rescan_freed_objects_total`` (app/gc_policy.py);
-* with a database: ``sipdlg_db_commits_total``, ``sipdlg_db_rows_written_total``,
+* and what each subsystem adds itself (a ``MetricSource``): the collector policy
+  (app/gc_policy.py) ``sipdlg_gc_pause_seconds`` (histogram), ``sipdlg_gc_pause_max_seconds``,
+  ``sipdlg_memory_allocated_blocks`` and its ``..._budget``, ``sipdlg_gc_rescans_total``,
+  ``sipdlg_gc_rescan_freed_objects_total``; the store (app/store/persistence.py), with a
+  database, ``sipdlg_db_commits_total``, ``sipdlg_db_rows_written_total``,
   ``sipdlg_db_write_failures_total``, ``sipdlg_db_commit_seconds`` (histogram),
   ``sipdlg_db_uncommitted_dialogs``, ``sipdlg_db_held_messages``, ``sipdlg_db_writer{kind}``
-  and ``sipdlg_db_writer_restarts_total`` (app/store/).
+  and ``sipdlg_db_writer_restarts_total``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -99,6 +100,20 @@ def _method(name: str | bytes) -> str:
     return text if text in KNOWN_METHODS else "other"
 
 
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class MetricSource(Protocol):
+    """A subsystem that exports its own metrics (the store, the collector policy)."""
+
+    def metrics(self) -> Iterator[Metric]: ...
+
+
 class SipdlgCollector(Collector):
     def __init__(self, life: Lifecycle) -> None:
         self.life = life
@@ -107,12 +122,6 @@ class SipdlgCollector(Collector):
         life = self.life
         engine = life.engine
         st = engine.stats
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, value=value)
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, value=value)
 
         yield gauge(
             "sipdlg_dialogs_active",
@@ -212,68 +221,8 @@ class SipdlgCollector(Collector):
         yield histogram("sipdlg_event_loop_lag_samples_seconds", "Event-loop lag samples", lag)
         yield gauge("sipdlg_event_loop_lag_max_seconds", "Longest event-loop lag so far", lag.max)
 
-        db = getattr(life.service, "db", None)
-        if db is not None:
-            yield counter("sipdlg_db_commits", "Dialog-store transactions (groups)", db.writes)
-            yield counter("sipdlg_db_rows_written", "Rows written by them", db.rows)
-            yield counter(
-                "sipdlg_db_write_failures",
-                "Failed writes (the dialogs stay in memory and are written again)",
-                db.failures,
-            )
-            yield histogram(
-                "sipdlg_db_commit_seconds",
-                "Realtime: from a group's hand-off to its commit (held messages wait this long)",
-                db.commit_time,
-            )
-            yield gauge(
-                "sipdlg_db_uncommitted_dialogs",
-                "Dialogs changed and not yet committed",
-                db.uncommitted_dialogs(),
-            )
-            yield gauge(
-                "sipdlg_db_held_messages",
-                "Realtime: messages waiting for their commit",
-                db.held_messages(),
-            )
-            writer = GaugeMetricFamily(
-                "sipdlg_db_writer",
-                "Where commits run: process (the default), thread (--db-sync full), event_loop",
-                labels=["kind"],
-            )
-            for kind in ("process", "thread", "event_loop"):
-                writer.add_metric([kind], 1 if db.writer_kind == kind else 0)
-            yield writer
-            yield counter(
-                "sipdlg_db_writer_restarts",
-                "Writer processes started again after one exited",
-                db.writer_restarts,
-            )
-
-        policy = getattr(life.service, "gc", None)
-        if policy is not None:
-            yield histogram(
-                "sipdlg_gc_pause_seconds", "Pauses of the cyclic garbage collector", policy.hist
-            )
-            yield gauge(
-                "sipdlg_gc_pause_max_seconds", "Longest collector pause so far", policy.pause_max
-            )
-            yield gauge(
-                "sipdlg_memory_allocated_blocks",
-                "Memory blocks Python has allocated (the gc watchdog's measure)",
-                policy.allocated_blocks(),
-            )
-            yield gauge(
-                "sipdlg_memory_allocated_blocks_budget",
-                "Blocks the engine's dialogs, transactions and timers explain (app/gc_policy.py)",
-                policy.budget(),
-            )
-            yield counter("sipdlg_gc_rescans", "Full rescans of the frozen objects", policy.rescans)
-            yield counter(
-                "sipdlg_gc_rescan_freed_objects",
-                "Unreachable objects the rescans found: leaked reference cycles (0 expected)",
-                policy.rescan_freed,
-            )
+        for subsystem in life.metric_sources:
+            yield from subsystem.metrics()
 
 
 def make_registry(life: Lifecycle) -> CollectorRegistry:

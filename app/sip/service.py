@@ -72,12 +72,14 @@ class SipService:
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
         self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
+        self.lifecycle.metric_sources.append(self.gc)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         expired: list[Dialog] = []
         if self.db is not None:  # restored before the sockets open: no request misses them
+            self.lifecycle.metric_sources.append(self.db)
             self.db.attach_records(self.records)
             expired = self.db.restore(self.loop.time())[1]
         for sock in self.sockets:

@@ -27,8 +27,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine.dialog import Dialog, DlgState
 from engine.dlg_db import (
@@ -44,6 +46,7 @@ from engine.dlg_records import RecordRing
 from engine.proxy import Engine
 
 from ..observe.histogram import Histogram
+from ..observe.metrics import counter, gauge, histogram
 from .base import DialogStore
 from .sqlite import SqliteStore
 from .writer import ProcessWriter
@@ -506,6 +509,46 @@ class Persistence:
         """End dialogs whose lifetime ran out while the server was down (BYEs both ways)."""
         if dialogs:
             expire(self.engine, dialogs, now)
+
+    # -- watching it ------------------------------------------------------------------------
+
+    def metrics(self) -> Iterator[Metric]:
+        """The store's part of ``/metrics``."""
+        yield counter("sipdlg_db_commits", "Dialog-store transactions (groups)", self.writes)
+        yield counter("sipdlg_db_rows_written", "Rows written by them", self.rows)
+        yield counter(
+            "sipdlg_db_write_failures",
+            "Failed writes (the dialogs stay in memory and are written again)",
+            self.failures,
+        )
+        yield histogram(
+            "sipdlg_db_commit_seconds",
+            "Realtime: from a group's hand-off to its commit (held messages wait this long)",
+            self.commit_time,
+        )
+        yield gauge(
+            "sipdlg_db_uncommitted_dialogs",
+            "Dialogs changed and not yet committed",
+            self.uncommitted_dialogs(),
+        )
+        yield gauge(
+            "sipdlg_db_held_messages",
+            "Realtime: messages waiting for their commit",
+            self.held_messages(),
+        )
+        writer = GaugeMetricFamily(
+            "sipdlg_db_writer",
+            "Where commits run: process (the default), thread (--db-sync full), event_loop",
+            labels=["kind"],
+        )
+        for kind in ("process", "thread", "event_loop"):
+            writer.add_metric([kind], 1 if self.writer_kind == kind else 0)
+        yield writer
+        yield counter(
+            "sipdlg_db_writer_restarts",
+            "Writer processes started again after one exited",
+            self.writer_restarts,
+        )
 
     # -- background work ----------------------------------------------------------------------
 
