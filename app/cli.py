@@ -10,6 +10,23 @@ import sys
 
 from .config import ConfigError, load_settings
 
+#: The integer settings: flag, metavar, help (with the default).
+INT_OPTIONS = """
+--mi-max-body BYTES MI request size limit
+--default-timeout S dialog lifetime (43200)
+--hash-size N dialog hash buckets (4096)
+--max-message-size BYTES SIP size limit (65536)
+--delete-delay S keep ended dialogs listed (0)
+--tcp-idle-timeout S close idle TCP after (120)
+--gc-rescan-period S cycle rescans every S (0)
+--ping-interval S seconds between pings (30)
+--ping-timeout S ping answer deadline (5)
+--race-condition-timeout S CANCEL/2xx race (5)
+--ended-records N ended calls kept (10000)
+--webhook-timeout S per webhook POST (5)
+--event-queue N events queued per consumer (1000)
+"""
+
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the SIP proxy and the MI")
@@ -32,19 +49,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--mi-allow", action="append", metavar="CIDR", help="clients allowed on the MI (repeatable)"
     )
-    p.add_argument("--mi-max-body", type=int, metavar="BYTES", help="MI request size limit")
-    p.add_argument("--default-timeout", type=int, metavar="S", help="dialog lifetime (43200)")
-    p.add_argument("--hash-size", type=int, metavar="N", help="dialog hash buckets (4096)")
-    p.add_argument("--max-message-size", type=int, metavar="BYTES", help="SIP size limit (65536)")
-    p.add_argument("--delete-delay", type=int, metavar="S", help="keep ended dialogs listed (0)")
-    p.add_argument("--tcp-idle-timeout", type=int, metavar="S", help="close idle TCP after (120)")
-    p.add_argument(
-        "--gc-rescan-period",
-        type=int,
-        metavar="S",
-        help="rescan long-lived objects for garbage cycles every S seconds "
-        "(0: only when the watchdog sees a leak)",
-    )
+    for row in INT_OPTIONS.strip().splitlines():
+        flag, metavar, text = row.split(" ", 2)
+        p.add_argument(flag, type=int, metavar=metavar, help=text)
     p.add_argument(
         "--bye-on-timeout",
         action=argparse.BooleanOptionalAction,
@@ -56,23 +63,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         choices=["caller", "callee", "both", "none"],
         help="in-dialog OPTIONS pings to this side (none)",
     )
-    p.add_argument("--ping-interval", type=int, metavar="S", help="seconds between pings (30)")
-    p.add_argument("--ping-timeout", type=int, metavar="S", help="ping answer deadline (5)")
-    p.add_argument(
-        "--race-condition-timeout",
-        type=int,
-        metavar="S",
-        help="lifetime left to a call whose CANCEL crossed its 2xx (5)",
-    )
-    p.add_argument("--ended-records", type=int, metavar="N", help="ended calls kept (10000)")
     p.add_argument(
         "--webhook",
         action="append",
         metavar="URL",
         help="POST every dialog state change as JSON to URL (repeatable)",
     )
-    p.add_argument("--webhook-timeout", type=int, metavar="S", help="per webhook POST (5)")
-    p.add_argument("--event-queue", type=int, metavar="N", help="events queued per consumer (1000)")
     p.add_argument(
         "--db",
         metavar="URL",

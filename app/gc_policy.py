@@ -41,7 +41,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from .observe.histogram import Histogram
+from .observe.histogram import LOOP_BUCKETS, Histogram
 from .observe.metrics import counter, gauge, histogram
 
 log = logging.getLogger("sipdlg.gc")
@@ -55,7 +55,6 @@ PER_LIVE = 60
 SLACK = 1_000_000
 #: Watchdog rescans at most this often, however the figures look.
 MIN_RESCAN_GAP = 600.0
-PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class GcPolicy:
@@ -65,7 +64,7 @@ class GcPolicy:
         self.rescan_period = rescan_period
         self.live = live or (lambda: 0)
         self.pauses = [0] * 3
-        self.hist = Histogram(PAUSE_BUCKETS)
+        self.hist = Histogram(LOOP_BUCKETS)
         self.rescans = 0
         self.rescan_freed = 0
         #: Allocated blocks that need no explanation: what start-up left, raised by a rescan

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,9 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime+stime of a process and its live children (sipdlg's database writer process)."""
-    total = cpu_seconds(pid)
+def child_pids(pid: int) -> list[int]:
+    """The live children of a process (sipdlg's database writer process)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -118,8 +119,24 @@ def tree_cpu_seconds(pid: int) -> float:
         except OSError:
             continue  # exited meanwhile
         if int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            found.append(int(entry.name))
+    return found
+
+
+def over_tree(pid: int, measure: Callable[[int], float]) -> float:
+    """``measure`` of a process plus that of its live children."""
+    total = measure(pid)
+    for child in child_pids(pid):
+        try:
+            total += measure(child)
+        except OSError:
+            continue  # exited meanwhile
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and its live children (the database writer process)."""
+    return over_tree(pid, cpu_seconds)
 
 
 def rss_bytes(pid: int) -> int:

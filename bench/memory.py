@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import Mi, print_header, rss_bytes, wait_stat
-from engine_calls import PROXY, UAC, UAS, in_dialog, invite, reply_to
+from engine_calls import PROXY, UAS, call_up, hang_up
 from helpers import SipdlgProcess, Sipp
 
 from engine.proxy import Engine, EngineConfig, NextHop
@@ -231,15 +231,7 @@ def bench_server_trace(calls: int, rate: int, settle: float, top: int) -> None:
 def held_calls(eng: Engine, first: int, count: int, now: float) -> None:
     """``count`` calls up to the ACK (state 4), SIPp's message flow."""
     for n in range(first, first + count):
-        tag = f"{n}SIPpTag01"
-        eng.receive(invite(n), PROXY, UAC, None, now)
-        fwd = eng.take_sends()[-1].data
-        eng.receive(reply_to(fwd, "100 Trying", None), PROXY, UAS, None, now)
-        eng.receive(reply_to(fwd, "180 Ringing", tag), PROXY, UAS, None, now)
-        eng.receive(reply_to(fwd, "200 OK", tag, sdp=True), PROXY, UAS, None, now)
-        eng.receive(in_dialog("ACK", n, 1, tag), PROXY, UAC, None, now)
-        eng.take_sends()
-        eng.take_events()
+        call_up(eng, n, now)
 
 
 def deep_size(obj: object, seen: set[int]) -> int:
@@ -292,11 +284,7 @@ def _build(calls: int, lean_cancel: bool) -> dict:
         tracemalloc.start(1)
         held_calls(eng, 0, 20, now)  # warm-up: caches, interned names (few: the timer heap's
         for n in range(20):  # ... cancelled-entry count must not be skewed) and end them
-            eng.receive(in_dialog("BYE", n, 2, f"{n}SIPpTag01"), PROXY, UAC, None, now)
-            bye = eng.take_sends()[-1].data
-            eng.receive(reply_to(bye, "200 OK", None), PROXY, UAS, None, now)
-            eng.take_sends()
-            eng.take_events()
+            hang_up(eng, n, now)
         now += 400
         eng.handle_timers(now)
         eng.next_deadline()

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import Mi, print_header, rss_bytes, tree_cpu_seconds
+from _common import Mi, over_tree, print_header, rss_bytes, tree_cpu_seconds
 from helpers import SipdlgProcess, Sipp, SippError
 
 
@@ -44,21 +44,6 @@ def metrics(url: str) -> dict[str, float]:
     except OSError:
         pass
     return out
-
-
-def tree_rss(pid: int) -> int:
-    """RSS of sipdlg and its children (the realtime store's writer process)."""
-    total = rss_bytes(pid)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                total += rss_bytes(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -110,7 +95,7 @@ def main() -> None:
 
         def sample(t: float) -> None:
             m = metrics(url)
-            rss = tree_rss(pid)
+            rss = int(over_tree(pid, rss_bytes))
             rows.append((t, rss, m))
             print(
                 f"{t:6.0f}  {rss / 1e6:7.1f}  {m.get('sipdlg_dialogs_in_memory', -1):7.0f}  "

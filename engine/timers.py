@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 #: Durations up to this long get a FIFO lane; longer ones go to the heap.
@@ -31,24 +32,16 @@ def _noop(*args: Any) -> None:
     return None
 
 
+@dataclass(slots=True, eq=False)
 class Timer:
-    __slots__ = ("when", "seq", "callback", "args", "active", "queue")
-
-    def __init__(
-        self,
-        when: float,
-        seq: int,
-        callback: Callable[..., None],
-        args: tuple[Any, ...],
-        queue: TimerQueue | None,
-    ) -> None:
-        self.when = when
-        self.seq = seq
-        self.callback = callback
-        self.args = args
-        self.active = True
-        #: The queue while this timer is in its heap (its cancel is counted for compaction).
-        self.queue = queue
+    when: float
+    #: Scheduling order: ties between equal deadlines go to the earlier timer.
+    seq: int
+    callback: Callable[..., None]
+    args: tuple[Any, ...]
+    #: The queue while this timer is in its heap (its cancel is counted for compaction).
+    queue: TimerQueue | None
+    active: bool = True
 
     def cancel(self) -> None:
         if self.active:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
+#: Buckets for what stops or delays the event loop (lag, collector pauses, commit waits).
+LOOP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 
 class Histogram:
     """Counts per bucket (upper bounds ``bounds``, then +Inf), their sum and the maximum."""

@@ -49,14 +49,13 @@ from prometheus_client.registry import Collector
 
 from engine.message import KNOWN_METHODS
 
-from .histogram import Histogram
+from .histogram import LOOP_BUCKETS, Histogram
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LAG_INTERVAL = 0.25
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class LoopLag:
@@ -64,7 +63,7 @@ class LoopLag:
 
     def __init__(self, interval: float = LAG_INTERVAL) -> None:
         self.interval = interval
-        self.hist = Histogram(LAG_BUCKETS)
+        self.hist = Histogram(LOOP_BUCKETS)
         self._task: asyncio.Task[None] | None = None
 
     def observe(self, lag: float) -> None:

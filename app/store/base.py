@@ -15,7 +15,6 @@ class DialogStore(abc.ABC):
     #: Printable location (for logs and errors).
     where: str = ""
 
-    @abc.abstractmethod
     def write(
         self,
         upserts: Sequence[tuple[Any, ...]],
@@ -28,11 +27,11 @@ class DialogStore(abc.ABC):
         :func:`state_row` updates), delete ``deletes`` (db_ids), add ``ended`` records.
         ``replace_all`` first empties the dialogs table (``dlg_db_sync``).
         Raises DbError; nothing is written then."""
+        self.write_batches([(upserts, deletes, ended)], replace_all=replace_all)
 
-    def write_batches(self, batches: Sequence[ChangeSet]) -> None:
+    @abc.abstractmethod
+    def write_batches(self, batches: Sequence[ChangeSet], *, replace_all: bool = False) -> None:
         """Several change sets, applied in order, in one transaction (group commit)."""
-        for upserts, deletes, ended in batches:
-            self.write(upserts, deletes, ended)
 
     @abc.abstractmethod
     def load(self) -> list[tuple[Any, ...]]:

@@ -45,7 +45,7 @@ from engine.dlg_db import (
 from engine.dlg_records import RecordRing
 from engine.proxy import Engine
 
-from ..observe.histogram import Histogram
+from ..observe.histogram import LOOP_BUCKETS, Histogram
 from ..observe.metrics import counter, gauge, histogram
 from .base import DialogStore
 from .sqlite import SqliteStore
@@ -72,7 +72,6 @@ PRUNE_PAUSE = 0.02
 #: the meantime, so the cost of a commit (WAL frames, the hand-off to the writer) is shared
 #: by more dialogs.  Held messages wait at most this much longer.
 COMMIT_INTERVAL = 0.005
-COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _CommitWriter(Protocol):
@@ -220,7 +219,7 @@ class Persistence:
         self.closed = False
         self._last_stall_log = -STALL_LOG_EVERY
         #: Realtime: how long held messages waited for their commit (``/metrics``).
-        self.commit_time = Histogram(COMMIT_BUCKETS)
+        self.commit_time = Histogram(LOOP_BUCKETS)
 
     # -- ended-call records -------------------------------------------------------------------
 
@@ -514,27 +513,26 @@ class Persistence:
 
     def metrics(self) -> Iterator[Metric]:
         """The store's part of ``/metrics``."""
-        yield counter("sipdlg_db_commits", "Dialog-store transactions (groups)", self.writes)
-        yield counter("sipdlg_db_rows_written", "Rows written by them", self.rows)
-        yield counter(
-            "sipdlg_db_write_failures",
-            "Failed writes (the dialogs stay in memory and are written again)",
-            self.failures,
+        counters = (
+            ("sipdlg_db_commits", "Dialog-store transactions (groups)", self.writes),
+            ("sipdlg_db_rows_written", "Rows written by them", self.rows),
+            (
+                "sipdlg_db_write_failures",
+                "Failed writes (dialogs kept, written again)",
+                self.failures,
+            ),
+            ("sipdlg_db_writer_restarts", "Writer processes started again", self.writer_restarts),
         )
+        for name, doc, value in counters:
+            yield counter(name, doc, value)
+        yield gauge("sipdlg_db_uncommitted_dialogs", "Dialogs changed, not committed yet",
+                    self.uncommitted_dialogs())  # fmt: skip
+        yield gauge("sipdlg_db_held_messages", "Realtime: messages waiting for their commit",
+                    self.held_messages())  # fmt: skip
         yield histogram(
             "sipdlg_db_commit_seconds",
             "Realtime: from a group's hand-off to its commit (held messages wait this long)",
             self.commit_time,
-        )
-        yield gauge(
-            "sipdlg_db_uncommitted_dialogs",
-            "Dialogs changed and not yet committed",
-            self.uncommitted_dialogs(),
-        )
-        yield gauge(
-            "sipdlg_db_held_messages",
-            "Realtime: messages waiting for their commit",
-            self.held_messages(),
         )
         writer = GaugeMetricFamily(
             "sipdlg_db_writer",
@@ -544,11 +542,6 @@ class Persistence:
         for kind in ("process", "thread", "event_loop"):
             writer.add_metric([kind], 1 if self.writer_kind == kind else 0)
         yield writer
-        yield counter(
-            "sipdlg_db_writer_restarts",
-            "Writer processes started again after one exited",
-            self.writer_restarts,
-        )
 
     # -- background work ----------------------------------------------------------------------
 

@@ -363,17 +363,7 @@ class SqliteStore(DialogStore):
 
     # -- DialogStore ----------------------------------------------------------------------------
 
-    def write(
-        self,
-        upserts: Sequence[tuple[Any, ...]],
-        deletes: Sequence[int],
-        ended: Sequence[dict[str, Any]] = (),
-        *,
-        replace_all: bool = False,
-    ) -> None:
-        self._transaction([(upserts, deletes, ended)], replace_all)
-
-    def write_batches(self, batches: Sequence[ChangeSet]) -> None:
+    def write_batches(self, batches: Sequence[ChangeSet], *, replace_all: bool = False) -> None:
         # One statement of each kind for the whole group: a dialog is upserted any number of
         # times and deleted at most once, at its end, so all upserts (in order), then all
         # deletes, leave the same rows as the change sets applied one by one.
@@ -382,7 +372,7 @@ class SqliteStore(DialogStore):
             deletes = [db_id for b in batches for db_id in b[1]]
             ended = [rec for b in batches for rec in b[2]]
             batches = [(upserts, deletes, ended)]
-        self._transaction(batches, False)
+        self._transaction(batches, replace_all)
 
     def _transaction(self, batches: Sequence[ChangeSet], replace_all: bool) -> None:
         db = self.db
