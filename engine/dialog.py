@@ -62,7 +62,7 @@ IGNORED: frozenset[tuple[DlgState, DlgEvent]] = frozenset(
 
 
 class EndReason:
-    """``$DLG_end_reason`` texts (reference §5.2)."""
+    """``$DLG_end_reason`` texts (OpenSIPS dialog module)."""
 
     UPSTREAM_BYE: Final = "Upstream BYE"
     DOWNSTREAM_BYE: Final = "Downstream BYE"

@@ -1,6 +1,6 @@
 """Requests the engine sends on its own inside a dialog (OpenSIPS ``dlg_req_within.c``).
 
-BYEs built from the stored leg data, playing the other party as OpenSIPS does (reference §4.3),
+BYEs built from the stored leg data, playing the other party as OpenSIPS's dlg_end_dlg does,
 and CANCELs of the pending INVITE branch for dialogs that are not yet answered.
 """
 
@@ -61,7 +61,7 @@ def send_within(
     handler: Callable[[ClientTransaction, SipMessage | None], None],
     extra: str = "",
 ) -> ClientTransaction | None:
-    """Send a request inside ``dlg`` to one party, playing the other one (reference §4.3).
+    """Send a request inside ``dlg`` to one party, playing the other one (as OpenSIPS).
 
     R-URI = that party's contact, Route = its route set, From/To swapped accordingly, CSeq
     above anything that party has seen (its peer's requests and ours).  None when the leg has

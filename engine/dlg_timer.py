@@ -48,7 +48,7 @@ def on_lifetime(eng: Engine, dlg: Dialog) -> None:
         dlg_req_within.end_dialog(eng, dlg, EndReason.SIP_RACE_CONDITION, "")
     elif eng.config.bye_on_timeout:
         dlg_req_within.end_dialog(eng, dlg, EndReason.LIFETIME_TIMEOUT, "")
-    else:  # without flag B the dialog just expires: no BYE, no reason (reference §5.2)
+    else:  # without flag B the dialog just expires: no BYE, no reason (as OpenSIPS)
         terminate(eng, dlg, None)
 
 

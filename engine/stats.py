@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-#: (name, resettable) for the ``dialog:`` group, in OpenSIPS's order (reference §5.3).
+#: (name, resettable) for the ``dialog:`` group, in OpenSIPS's order.
 DIALOG_STATS: tuple[tuple[str, bool], ...] = (
     ("active_dialogs", False),
     ("early_dialogs", False),

@@ -4,7 +4,7 @@ This module is the single source of truth for the management interface.  The JSO
 (``app/mi/http.py``) matches every call against the recipes declared here and validates the
 parameters with the pydantic models built from them; ``which`` answers from the same recipes;
 ``mi_json_schema()`` publishes it all as a JSON Schema.  Matching follows OpenSIPS 3.x
-(``mi/mi.c``): reference §1.3, with the exact ``data`` texts of §1.4.
+(``mi/mi.c``), with its exact ``data`` texts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 # --------------------------------------------------------------------------------------------
-# JSON-RPC error texts (reference §1.4)
+# JSON-RPC error texts (OpenSIPS mi.c)
 # --------------------------------------------------------------------------------------------
 
 PARSE_ERROR = (-32700, "Parse error")
@@ -207,7 +207,7 @@ _STRICT = ConfigDict(extra="forbid")
 
 
 class CalleeOut(BaseModel):
-    """One callee leg of a dialog (reference §2.2 keys 19.x), in output order."""
+    """One callee leg of a dialog (OpenSIPS's ``CALLEES`` keys), in output order."""
 
     model_config = _STRICT
     callee_tag: str
@@ -220,7 +220,7 @@ class CalleeOut(BaseModel):
 
 
 class DialogOut(BaseModel):
-    """The per-dialog object of dlg_list (reference §2.2), keys in output order."""
+    """The per-dialog object of dlg_list (OpenSIPS), keys in output order."""
 
     model_config = _STRICT
     ID: str = Field(pattern=r"^[0-9a-f]+\.[0-9a-f]+$", description="reversed-hex h_entry.h_id")

@@ -3,8 +3,8 @@
 ``name=value`` arguments (all of them) become named params with string values; otherwise all
 arguments go positionally as strings.  For the statistics commands the values become one array
 (``sipdlg mi get_statistics dialog: core:`` sends ``[["dialog:","core:"]]``), as opensips-cli
-does (reference §7.3).  ``-j`` parses each value as JSON first.  The result is printed as
-indented JSON; an error prints ``code: message (data)`` on stderr and exits 1.
+does.  ``-j`` parses each value as JSON first.  The result is printed as indented JSON; an
+error prints ``code: message (data)`` on stderr and exits 1.
 """
 
 from __future__ import annotations

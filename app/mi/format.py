@@ -1,4 +1,4 @@
-"""Hand-written JSON for dialog objects (reference §2.2), fast enough for 50,000 dialogs.
+"""Hand-written JSON for dialog objects (OpenSIPS dlg_list), fast enough for 50,000 dialogs.
 
 Building pydantic models or dicts for every dialog and handing them to ``json.dumps`` costs
 several times more than writing the text directly, and a listing must not hold the event loop.

@@ -1,11 +1,12 @@
 """OpenSIPS-compatible MI: JSON-RPC 2.0 over HTTP (``POST /mi``), served by aiohttp.
 
-The envelope is checked here with OpenSIPS's own rules and texts (reference §1.2: which errors
+The envelope is checked here with OpenSIPS's own rules and texts (mi_http: which errors
 echo the id, float ids truncated, no batch), then the call is dispatched with jsonrpcserver to
 the commands of ``app/mi/commands.py``, whose params are matched against the recipes of
-``schemas.mi`` (§1.3).  Replies are written by hand so the bytes are OpenSIPS's: compact JSON,
-members ``jsonrpc``, ``result|error``, ``id``.  Where OpenSIPS leaves a connection hanging
-(notification, empty body, GET, object id) we always finish the HTTP answer.
+``schemas.mi`` (OpenSIPS mi.c's parameter matching).  Replies are written by hand so the
+bytes are OpenSIPS's: compact JSON, members ``jsonrpc``, ``result|error``, ``id``.  Where
+OpenSIPS leaves a connection hanging (notification, empty body, GET, object id) we always
+finish the HTTP answer.
 
 Beyond OpenSIPS: optional Bearer/Basic token and CIDR allow-list, 415 for anything but
 ``application/json`` (no CORS-free "simple request" can reach the MI), 413 over ``max_body``.

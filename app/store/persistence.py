@@ -1,6 +1,6 @@
 """The shell side of dialog persistence: when dirty dialogs are written, restore, MI hooks.
 
-OpenSIPS ``db_mode`` semantics (reference §5.5):
+OpenSIPS dialog ``db_mode`` semantics:
 
 * ``realtime``: a dialog's confirmed state is committed before its 2xx is forwarded and every
   later change before the message that caused it leaves.  ``SipService.feed`` sends at once
