@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import dlg_ping, dlg_timer
 from .dialog import CalleeLeg, Dialog, DlgState, Socket
 
 if TYPE_CHECKING:
@@ -256,9 +257,6 @@ def restore_dialogs(
     are in the table but not ended yet; call :func:`expire` once the transports can send.
     ``skip_known`` leaves out dialogs already in memory (MI ``dlg_restore_db``).
     """
-    from . import dlg_ping
-    from .dlg_timer import arm_lifetime
-
     eng.now = now
     sockets = SocketMap(eng.sockets)
     table = eng.dialogs
@@ -285,7 +283,9 @@ def restore_dialogs(
                 expired.append(dlg)
             else:
                 timeout = dlg.timeout
-                arm_lifetime(eng, dlg, remaining, store=False)  # its row is stored already
+                dlg_timer.arm_lifetime(
+                    eng, dlg, remaining, store=False
+                )  # its row is stored already
                 dlg.timeout = timeout
                 if eng.config.ping != "none":
                     dlg_ping.start(eng, dlg)
@@ -294,9 +294,7 @@ def restore_dialogs(
 
 def expire(eng: Engine, dialogs: Iterable[Dialog], now: float) -> None:
     """End dialogs whose lifetime ran out while the server was down ("Lifetime Timeout")."""
-    from .dlg_timer import on_lifetime
-
     eng.now = now
     for dlg in dialogs:
         if dlg.state is not DlgState.DELETED:
-            on_lifetime(eng, dlg)
+            dlg_timer.on_lifetime(eng, dlg)

@@ -107,7 +107,7 @@ class Engine:
 
     def held(self) -> int:
         """Dialogs, transactions and timers held: what the shell's garbage-collector
-        watchdog measures the frozen objects against (app/gc_policy.py)."""
+        watchdog measures Python's memory against (app/gc_policy.py)."""
         return len(self.dialogs) + len(self.server_txns) + len(self.client_txns) + len(self.timers)
 
     def wall(self) -> float:

@@ -493,3 +493,16 @@ def test_many_dialogs_distinct_ids() -> None:
 
 def test_crlf_helper_sanity() -> None:
     assert crlf("a\nb\n") == b"a\r\nb\r\n"
+
+
+def test_a_pair_the_table_does_not_expect_is_counted() -> None:
+    """An ACK for a dialog still early (no 2xx yet) moves nothing, and is counted."""
+    rig = Rig()
+    call = Call()
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    ringing = one(rig.recv(call.reply(inv, 180, "Ringing"), src=CALLEE), status=180)
+    rig.recv(call.reply(inv, 180, "Ringing"), src=CALLEE)  # a second 1xx: expected, not counted
+    assert rig.eng.stats.unexpected_transitions == 0
+    rig.recv(call.ack(ringing))
+    assert only_dialog(rig).state is DlgState.EARLY
+    assert rig.eng.stats.unexpected_transitions == 1
