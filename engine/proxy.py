@@ -96,6 +96,7 @@ class Engine:
         self._sends: list[Send] = []
         self._events: list[Event] = []
         self._accepting = True
+        self._report_states = True
         self._local_hosts = {s.host for s in sockets}
         self._local_ports = {s.port for s in sockets}
         self._local_cache: dict[str, bool] = {}
@@ -121,16 +122,23 @@ class Engine:
         self.timers.run_due(now)
 
     def take_sends(self) -> list[Send]:
-        """What must go out since the last call, in order."""
+        """What must go out since the last call, in order (read it, do not keep it)."""
         sends = self._sends
-        self._sends = []
+        if sends:
+            self._sends = []
         return sends
 
     def take_events(self) -> list[Event]:
-        """What happened to dialogs since the last call, in order."""
+        """What happened to dialogs since the last call, in order (read it, do not keep it)."""
         events = self._events
-        self._events = []
+        if events:
+            self._events = []
         return events
+
+    def report_states(self, on: bool) -> None:
+        """Whether to report every state change (``StateChanged``): only while somebody
+        listens (the event stream's consumers), since nothing else needs them."""
+        self._report_states = on
 
     def end_dialog(self, dlg: Dialog, reason: str, extra_headers: str, now: float) -> bool:
         """End a dialog as OpenSIPS's dlg_end_dlg does: BYE both legs, or CANCEL if early."""
@@ -189,7 +197,8 @@ class Engine:
             self._events.append(DialogChanged(dlg, True))
 
     def notify(self, dlg: Dialog, old: DlgState) -> None:
-        self._events.append(StateChanged(dlg, old, dlg.state))
+        if self._report_states:
+            self._events.append(StateChanged(dlg, old, dlg.state))
 
     def dialog_ended(self, dlg: Dialog) -> None:
         self._events.append(DialogEnded(dlg))

@@ -506,3 +506,16 @@ def test_a_pair_the_table_does_not_expect_is_counted() -> None:
     rig.recv(call.ack(ringing))
     assert only_dialog(rig).state is DlgState.EARLY
     assert rig.eng.stats.unexpected_transitions == 1
+
+
+def test_state_changes_are_reported_only_while_somebody_listens() -> None:
+    rig = Rig()
+    call = Call()
+    rig.eng.report_states(False)  # what the shell does while the event stream has no consumer
+    _, ok = rig.call_up(call)
+    assert rig.events == []
+    rig.eng.report_states(True)
+    rig.recv(call.in_dialog("BYE", ok))
+    assert [(e.old_state, e.new_state, e.end_reason) for e in rig.events] == [
+        (4, 5, "Downstream BYE")
+    ]

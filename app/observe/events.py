@@ -16,7 +16,7 @@ is 5.  It is serialized once and offered to every consumer:
   per-request timeout and bounded retries with exponential backoff; an event that still fails
   is given up and counted in ``failed``.
 
-With no consumer the bus builds nothing (``active`` is False).
+With no consumer the engine does not even build the events (``on_active``).
 """
 
 from __future__ import annotations
@@ -90,8 +90,11 @@ class Consumer:
 class EventBus:
     """Fans every dialog state change out to the consumers, never blocking the engine."""
 
-    def __init__(self, queue_size: int):
+    def __init__(self, queue_size: int, on_active: Callable[[bool], None] = lambda on: None):
         self.queue_size = queue_size
+        #: Told when the first consumer comes and the last one goes (the engine then reports
+        #: state changes, or stops building them).
+        self.on_active = on_active
         self.consumers: list[Consumer] = []
         self.published = 0
         #: Counters of consumers that went away (SSE clients), kept for the metrics, by kind.
@@ -100,6 +103,8 @@ class EventBus:
     def subscribe(self, name: str, kind: str) -> Consumer:
         consumer = Consumer(name, kind, self.queue_size)
         self.consumers.append(consumer)
+        if len(self.consumers) == 1:
+            self.on_active(True)
         return consumer
 
     @property
@@ -113,6 +118,8 @@ class EventBus:
             totals[0] += consumer.delivered
             totals[1] += consumer.dropped
             totals[2] += consumer.failed
+            if not self.consumers:
+                self.on_active(False)
 
     def on_state_changed(self, ev: DialogStateChanged) -> None:
         self.publish(event_dict(ev))

@@ -46,7 +46,8 @@ class Lifecycle:
         self.ended_by_reason: Counter[str] = Counter()
         self.records.subscribers.append(self._count_reason)
         self.mi_requests: Counter[tuple[str, str]] = Counter()
-        self.bus = EventBus(event_queue)
+        self.bus = EventBus(event_queue, on_active=self.engine.report_states)
+        self.engine.report_states(False)
         self.webhooks = [Webhook(self.bus, url, timeout=webhook_timeout) for url in webhooks or ()]
         self.lag = LoopLag()
         #: Subsystems that add their own families to ``/metrics`` (the store, the collector).

@@ -127,10 +127,10 @@ class SipService:
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
             engine.stats.parse_errors += 1
-        changed = self.dispatch_events()
         if db is None or not db.realtime or db.release is None:
             self.flush()
             return
+        changed = self.dispatch_events()
         # Realtime: what this message caused waits for the commit of the dialogs it changed
         # (or of its call's earlier change); everything else leaves now.  One commit covers
         # every message read in this loop iteration (group commit).
