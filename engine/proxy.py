@@ -150,6 +150,15 @@ class Engine:
         self.now = now
         return dlg_timer.set_lifetime(self, dlg, seconds)
 
+    def stream_opened(self) -> None:
+        """The shell accepted or opened a stream connection (OpenSIPS's ``tcp_connections``)."""
+        self.stats.tcp_connections += 1
+
+    def stream_error(self) -> None:
+        """A stream the shell frames (TCP) broke the framing rules and was closed: counted
+        with the messages that failed to parse."""
+        self.stats.parse_errors += 1
+
     def stop_accepting(self) -> None:
         """From now on new INVITEs get 503 (a graceful shutdown)."""
         self._accepting = False

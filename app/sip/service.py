@@ -8,7 +8,10 @@ import ipaddress
 import logging
 import socket as socketlib
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import Metric
 
 from engine.dialog import Dialog, Socket
 from engine.events import DialogChanged, Send, StateChanged
@@ -17,6 +20,7 @@ from engine.proxy import VERSION, Engine, EngineConfig
 from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
+from ..observe.metrics import counter
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from .transport import TcpConnection, UdpEndpoint
 
@@ -72,7 +76,9 @@ class SipService:
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
         self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
-        self.lifecycle.metric_sources.append(self.gc)
+        #: Messages and timer runs that raised inside the engine (a bug; logged each time).
+        self.internal_errors = 0
+        self.lifecycle.metric_sources += [self, self.gc]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -126,7 +132,7 @@ class SipService:
             callid = engine.receive(data, sock, src, conn, self.loop.time())
         except Exception:  # a bug must cost one message, never the server
             log.exception("error processing a message from %s:%s", src[0], src[1])
-            engine.stats.parse_errors += 1
+            self.internal_errors += 1
         if db is None or not db.realtime or db.release is None:
             self.flush()
             return
@@ -166,6 +172,14 @@ class SipService:
             else:
                 life.ended(event.dialog)
         return changed
+
+    def metrics(self) -> Iterator[Metric]:
+        """The service's part of ``/metrics``."""
+        yield counter(
+            "sipdlg_internal_errors",
+            "Messages and timer runs that raised inside the engine (a bug: see the log)",
+            self.internal_errors,
+        )
 
     # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
 
@@ -252,6 +266,7 @@ class SipService:
             self.engine.handle_timers(self.loop.time())
         except Exception:
             log.exception("error in a timer")
+            self.internal_errors += 1
         self.flush()
 
     # -- sending ------------------------------------------------------------------------------
@@ -321,7 +336,7 @@ class SipService:
     def tcp_opened(self, conn: TcpConnection) -> None:
         self._conns[conn.conn_id] = conn
         self._conn_by_peer[conn.peer] = conn
-        self.engine.stats.tcp_connections += 1
+        self.engine.stream_opened()
 
     def tcp_closed(self, conn: TcpConnection) -> None:
         if self._conns.get(conn.conn_id) is conn:

@@ -67,7 +67,7 @@ class TcpConnection(asyncio.Protocol):
             messages = self.framer.feed(data)
         except SipError as exc:
             log.info("tcp %s:%s: %s; closing", self.peer[0], self.peer[1], exc.reason)
-            self.service.engine.stats.parse_errors += 1
+            self.service.engine.stream_error()
             self.close()
             return
         for message in messages:
