@@ -70,6 +70,30 @@ def test_lifetime_timeout_byes_both_sides(
     assert stat(server, "active_dialogs") == 0
 
 
+def test_a_cancel_that_crosses_the_2xx_ends_the_call_with_byes(
+    sipp: Factory, sipp_uas: Factory, sipdlg_server: Server
+) -> None:
+    """The callee answers the INVITE after the caller's CANCEL, the caller never ACKs or BYEs
+    the call it believes cancelled: sipdlg ends it after --race-condition-timeout."""
+    caller, callee, server = start(
+        sipp,
+        sipp_uas,
+        sipdlg_server,
+        "uac_cancel_no_ack",
+        "uas_answer_after_cancel",
+        uac_pause_ms=100,
+        race_condition_timeout=2,
+    )
+    d = wait_state(server, 3)  # answered, never ACKed
+    assert d["timeout"] - d["timestart"] <= 3  # the 12-hour lifetime was cut to 2 s
+    finish(caller)  # the caller got its BYE
+    assert callee.wait_received(method="BYE")
+    (rec,) = wait_ended(server)
+    assert rec["end_reason"] == "SIP Race Condition"
+    assert rec["bye_sent_by"] == "engine"
+    assert stat(server, "active_dialogs") == 0
+
+
 def test_lifetime_without_bye_just_expires(
     sipp: Factory, sipp_uas: Factory, sipdlg_server: Server
 ) -> None:
