@@ -569,7 +569,8 @@ class Engine:
             if (
                 method == "INVITE"
                 and 200 <= msg.status < 300
-                and branch.startswith(self._branch_prefix)
+                and via.host in self._local_hosts
+                and (via.port or 5060) in self._local_ports
             ):
                 self._forward_response_stateless(msg)
             else:
@@ -578,7 +579,9 @@ class Engine:
         ctx.on_response(msg)
 
     def _forward_response_stateless(self, msg: SipMessage) -> None:
-        """A 2xx retransmission after the INVITE transaction is gone: route it by Via."""
+        """A 2xx retransmission after the INVITE transaction is gone (its 32 s are over, or
+        the server restarted since): route it by Via.  Any top Via with our address is ours
+        (RFC 3261 §18.1.2), whatever its branch: a restarted server has another prefix."""
         msg.pop_first_value("via")
         try:
             via = msg.via

@@ -519,3 +519,26 @@ def test_state_changes_are_reported_only_while_somebody_listens() -> None:
     assert [(e.old_state, e.new_state, e.end_reason) for e in rig.events] == [
         (4, 5, "Downstream BYE")
     ]
+
+
+def test_2xx_retransmission_after_a_restart_is_relayed_by_via() -> None:
+    """The callee retransmits its 200 (the caller's ACK was lost while sipdlg restarted):
+    the new process has no transaction and another branch prefix, yet the top Via is its
+    address, so the 200 goes on to the caller, who ACKs again (RFC 3261 §13.3.1.4, §18.1.2)."""
+    rig = Rig()
+    call = Call()
+    lines = [
+        "SIP/2.0 200 OK",
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKdeadbeef.7;rport",
+        f"Via: SIP/2.0/UDP {CALLER[0]}:{CALLER[1]};branch=z9hG4bK-inv-1",
+        "From: Alice <sip:alice@example.com>;tag=ftag1",
+        "To: Bob <sip:bob@example.com>;tag=ttag1",
+        f"Call-ID: {call.callid}",
+        "CSeq: 1 INVITE",
+        f"Contact: <{call.callee_contact}>",
+        "Content-Length: 0",
+    ]
+    ok = crlf("\n".join(lines) + "\n\n")
+    assert one(rig.recv(ok, src=CALLEE), status=200).dest == CALLER
+    foreign = ok.replace(b"127.0.0.1:5060;branch", b"127.0.0.9:5060;branch")
+    assert rig.recv(foreign, src=CALLEE) == []  # not our Via: dropped

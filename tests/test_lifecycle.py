@@ -224,12 +224,18 @@ def test_reinvite_updates_contact_and_sdp(
     caller, callee, server = start(sipp, sipp_uas, sipdlg_server, "uac_reinvite_move", "uas_answer")
 
     def moved() -> dict[str, Any] | None:
+        """The re-INVITE's contact and SDP, and its 200's SDP (which comes a moment later)."""
         ds = dialogs(server)
-        if ds and "moved@" in ds[0]["caller_contact"] and "7078" in ds[0].get("caller_sdp", ""):
+        if (
+            ds
+            and "moved@" in ds[0]["caller_contact"]
+            and "7078" in ds[0].get("caller_sdp", "")
+            and "2353687638" in ds[0]["CALLEES"][0].get("callee_sdp", "")
+        ):
             return ds[0]
         return None
 
-    d = wait_for(moved, what="re-INVITE's contact and SDP in dlg_list")
+    d = wait_for(moved, what="re-INVITE's contact and SDP, and its answer's, in dlg_list")
     assert d["state"] == 4
     (leg,) = d["CALLEES"]
     assert "moved" not in leg["callee_contact"]

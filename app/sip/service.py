@@ -241,15 +241,16 @@ class SipService:
                 if db.dirty or db.pending_ended:
                     db.write_dirty()
             elif outbox or db.waiting or db.dirty or db.pending_ended:
+                # ``outbox`` is the engine's to read, never to change: rebind, do not mutate.
                 ready = db.dispatch(outbox, self.loop.time())
-                outbox.clear()
                 if ready is None:
+                    outbox = []
                     if self._flush_handle is None and not db.in_flight:
                         self._flush_handle = self.loop.call_at(
                             db.last_commit + COMMIT_INTERVAL, self._flush_soon
                         )
                 else:
-                    outbox.extend(ready)
+                    outbox = ready
         for item in outbox:
             self._send(item)
         deadline = engine.next_deadline()
