@@ -48,6 +48,9 @@ TRANSITIONS: dict[tuple[DlgState, DlgEvent], DlgState] = {
     (S.CONFIRMED, E.TERMINATE): S.DELETED,
 }
 
+#: The answered states: a call is up (lifetime, pings, ``active_dialogs``, what is stored).
+ANSWERED: frozenset[DlgState] = frozenset({S.CONFIRMED_NA, S.CONFIRMED})
+
 #: Pairs that leave the state as it is and are normal (a 1xx after the first or after the
 #: 2xx, the ACK of a re-INVITE).  Any other pair missing from ``TRANSITIONS`` is counted as
 #: unexpected (``Stats.unexpected_transitions``).

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import dlg_ping, dlg_timer
-from .dialog import CalleeLeg, Dialog, DlgState, Socket
+from .dialog import ANSWERED, CalleeLeg, Dialog, DlgState, Socket
 
 if TYPE_CHECKING:
     from .proxy import Engine
@@ -63,7 +63,7 @@ STATE_ROW_LEN = 3
 
 
 #: States worth storing: an answered call (OpenSIPS inserts the row at confirmation).
-STORED_STATES = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
+STORED_STATES = ANSWERED
 
 
 #: (rows to upsert, db_ids to delete, ended-call records): what one flush changes.

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .dialog import IGNORED, Dialog, DlgEvent, DlgState
+from .dialog import ANSWERED, IGNORED, Dialog, DlgEvent, DlgState
 
 if TYPE_CHECKING:
     from .proxy import Engine
-
-_LIVE = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
 
 
 def transition(eng: Engine, dlg: Dialog, event: DlgEvent) -> DlgState | None:
@@ -31,9 +29,9 @@ def transition(eng: Engine, dlg: Dialog, event: DlgEvent) -> DlgState | None:
         stats.early_dialogs -= 1
     elif new is DlgState.EARLY:
         stats.early_dialogs += 1
-    if new in _LIVE and old not in _LIVE:
+    if new in ANSWERED and old not in ANSWERED:
         stats.active_dialogs += 1
-    elif old in _LIVE and new not in _LIVE:
+    elif old in ANSWERED and new not in ANSWERED:
         stats.active_dialogs -= 1
     eng.notify(dlg, old)
     return old

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import dlg_req_within
-from .dialog import Dialog, DlgState, EndReason
+from .dialog import ANSWERED, Dialog, EndReason
 from .message import SipMessage
 from .transaction import ClientTransaction
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 #: Answers to a ping that mean the other side has lost the dialog.
 DEAD_STATUSES = frozenset({408, 481})
-_LIVE = (DlgState.CONFIRMED_NA, DlgState.CONFIRMED)
 
 
 def start(eng: Engine, dlg: Dialog) -> None:
@@ -45,7 +44,7 @@ def start(eng: Engine, dlg: Dialog) -> None:
 
 def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
     """Send one OPTIONS to a side and watch for its answer."""
-    if dlg.state not in _LIVE:
+    if dlg.state not in ANSWERED:
         return
     interval = eng.config.ping_interval
     sent_at = eng.now
@@ -57,7 +56,7 @@ def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
         if guard is None or not guard.active:
             return  # the guard already decided
         guard.cancel()
-        if dlg.state not in _LIVE:
+        if dlg.state not in ANSWERED:
             return
         if msg is None or msg.status in DEAD_STATUSES:
             _dead(eng, dlg, to_caller)
@@ -75,7 +74,7 @@ def ping(eng: Engine, dlg: Dialog, to_caller: bool) -> None:
 
 def _no_answer(eng: Engine, dlg: Dialog, ctx: ClientTransaction, to_caller: bool) -> None:
     ctx._terminate()  # stop retransmitting; a late answer is dropped as stray
-    if dlg.state in _LIVE:
+    if dlg.state in ANSWERED:
         _dead(eng, dlg, to_caller)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import dlg_req_within
-from .dialog import Dialog, DlgState, EndReason
+from .dialog import ANSWERED, Dialog, DlgState, EndReason
 from .dlg_life import terminate
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ def on_race_condition(eng: Engine, dlg: Dialog) -> None:
     """A CANCEL and a 2xx crossed: the call is up, but its caller may believe it cancelled and
     never ACK or BYE it.  As OpenSIPS does, the lifetime is cut to ``race_condition_timeout``;
     a BYE within it ends the call as usual, else both sides get a BYE ("SIP Race Condition")."""
-    if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED) or dlg.race_condition:
+    if dlg.state not in ANSWERED or dlg.race_condition:
         return
     dlg.race_condition = True
     if dlg.end_reason == EndReason.CANCELLED:
@@ -41,7 +41,7 @@ def arm_lifetime(eng: Engine, dlg: Dialog, seconds: float, *, store: bool = True
 
 def on_lifetime(eng: Engine, dlg: Dialog) -> None:
     dlg.timer = None
-    if dlg.state not in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
+    if dlg.state not in ANSWERED:
         return
     eng.stats.expired_dialogs += 1
     if dlg.race_condition:
@@ -57,6 +57,6 @@ def set_lifetime(eng: Engine, dlg: Dialog, seconds: int) -> bool:
     if dlg.state is DlgState.DELETED:
         return False
     dlg.lifetime = seconds
-    if dlg.state in (DlgState.CONFIRMED_NA, DlgState.CONFIRMED):
+    if dlg.state in ANSWERED:
         arm_lifetime(eng, dlg, seconds)
     return True
