@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -76,6 +77,9 @@ class Settings:
         return host, port
 
 
+HOST_NAME = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 LIST_FIELDS = {"listen", "mi_allow", "webhook"}
 BOOL_FIELDS = {"bye_on_timeout"}
 PING_MODES = ("none", "caller", "callee", "both")
@@ -107,17 +111,41 @@ def split_host_port(text: str, what: str) -> tuple[str, int]:
 
 
 def parse_socket(text: str) -> Socket:
-    """OpenSIPS ``socket=`` syntax: ``proto:ip:port``."""
-    proto, sep, rest = text.partition(":")
+    """OpenSIPS ``socket=`` syntax: ``proto:ip:port``, optionally ``as advertised_ip:port``
+    (the address peers reach the socket at: NAT, containers, wildcard binds)."""
+    spec, sep, advertised = text.partition(" as ")
+    spec = spec.strip()
+    proto, colon, rest = spec.partition(":")
     proto = proto.lower()
-    if not sep or proto not in ("udp", "tcp"):
+    if not colon or proto not in ("udp", "tcp"):
         raise ConfigError(f"--listen: expected udp:IP:PORT or tcp:IP:PORT, got {text!r}")
     host, port = split_host_port(rest, "--listen")
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError as exc:
         raise ConfigError(f"--listen: {host!r} is not an IP address") from exc
-    return Socket(proto, host, port)
+    host = address.compressed
+    if not sep:
+        if address.is_unspecified:
+            raise ConfigError(
+                f"--listen {text}: a wildcard address cannot be written into Via and "
+                f"Record-Route; add the address phones reach it at: "
+                f"'{spec} as PUBLIC_IP:{port}', or listen on each address"
+            )
+        return Socket(proto, host, port)
+    adv_host, adv_port = split_host_port(advertised.strip(), "--listen ... as")
+    try:
+        adv = ipaddress.ip_address(adv_host)
+    except ValueError:  # a host name, advertised as written (peers resolve it, RFC 3263)
+        if not HOST_NAME.fullmatch(adv_host):
+            raise ConfigError(
+                f"--listen {text}: {adv_host!r} is neither an IP nor a host name"
+            ) from None
+    else:
+        if adv.is_unspecified:
+            raise ConfigError(f"--listen {text}: cannot advertise a wildcard address")
+        adv_host = adv.compressed
+    return Socket(proto, host, port, adv_host.lower(), adv_port)
 
 
 def parse_next_hop(text: str) -> NextHop:
@@ -130,7 +158,22 @@ def parse_next_hop(text: str) -> NextHop:
     return NextHop(proto, host, port)
 
 
+def _listen_entry(value: Any) -> str:
+    """A TOML ``listen`` item: ``"udp:IP:PORT [as IP:PORT]"`` or a table
+    ``{socket = "udp:IP:PORT", advertise = "IP:PORT"}``."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"socket", "advertise"}
+        if unknown or "socket" not in value:
+            raise ConfigError(f"listen: expected {{socket, advertise}}, got {value!r}")
+        if value.get("advertise"):
+            return f"{value['socket']} as {value['advertise']}"
+        return str(value["socket"])
+    return str(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "listen" and isinstance(value, list):
+        return [_listen_entry(v) for v in value]
     if name in LIST_FIELDS:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]

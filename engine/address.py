@@ -7,6 +7,7 @@ stray separators).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -230,6 +231,15 @@ def parse_uri(uri: str) -> Uri:
     return Uri(scheme, user, host, port, parse_params(";" + ptext) if ptext else {}, headers)
 
 
+def canonical_ipv6(text: str) -> str:
+    """One spelling per IPv6 address (RFC 5952), so that ``[::1]`` and ``[0:0::1]`` compare
+    equal as RFC 5118 §4.3 asks; 400 for what is not an address."""
+    try:
+        return ipaddress.IPv6Address(text).compressed
+    except ValueError:
+        raise _err("Malformed IPv6 reference") from None
+
+
 def split_hostport(text: str) -> tuple[str, int | None]:
     text = text.strip()
     if not text:
@@ -247,6 +257,8 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         host, _, port_text = text.partition(":")
     if " " in host or not host:
         raise _err("Malformed host")
+    if ":" in host:
+        host = canonical_ipv6(host)
     port: int | None = None
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -288,7 +300,7 @@ def parse_via(value: str) -> Via:
                 name, eq, val = part.partition("=")
                 params[name.lower()] = val if eq else None
         if host[0] == "[":
-            host = host[1:-1]
+            host = canonical_ipv6(host[1:-1])
         portnum = int(port) if port else None
         if portnum is not None and not 0 < portnum < 65536:
             raise _err("Malformed port")

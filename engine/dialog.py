@@ -99,16 +99,38 @@ def parse_reverse_hex(text: str) -> int | None:
         return None
 
 
+def bracket(host: str) -> str:
+    """A host as URIs and Via write it: IPv6 addresses in brackets (RFC 3261 §25.1)."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(slots=True, eq=False)
 class Socket:
-    """A local listening socket, printed in OpenSIPS ``proto:ip:port`` form."""
+    """A local listening socket, printed in OpenSIPS ``proto:ip:port`` form.
+
+    ``advertised_host``/``advertised_port`` are what peers must use to reach it (OpenSIPS's
+    ``socket=udp:10.0.0.5:5060 as 203.0.113.5:5060``): behind NAT, in a container or on a
+    wildcard address the bound address is not one a phone can send to.  ``hostport`` is
+    what goes into Via, Record-Route and Contact.
+    """
 
     proto: str
     host: str
     port: int
+    advertised_host: str = ""
+    advertised_port: int = 0
+    hostport: str = ""
+
+    def __post_init__(self) -> None:
+        host = self.advertised_host or self.host
+        self.hostport = f"{bracket(host)}:{self.advertised_port or self.port}"
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.host else 4
 
     def __str__(self) -> str:
-        return f"{self.proto}:{self.host}:{self.port}"
+        return f"{self.proto}:{bracket(self.host)}:{self.port}"
 
 
 @dataclass(slots=True, eq=False)

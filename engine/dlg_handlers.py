@@ -243,7 +243,7 @@ def _send_on(
     routes = msg.get("route")
     uri = _uri_of(split_values(routes)[0]) if routes else msg.ruri
     proto, host, port = uri_target(uri, default.proto)
-    out = eng.socket_for(proto, default)
+    out = eng.socket_for(proto, default, host)
     if proto != "tcp":
         conn = None
     eng.forward(msg, stx, out, host, port, conn, dlg, direction)

@@ -94,7 +94,7 @@ def send_within(
         first = first[first.find("<") + 1 : first.rfind(">")]
     try:
         proto, host, port = uri_target(first, socket.proto)
-        out = eng.socket_for(proto, socket)
+        out = eng.socket_for(proto, socket, host)
     except SipError:  # an unroutable stored target: nothing can be sent on this leg
         return None
     if proto != "tcp":
@@ -108,7 +108,7 @@ def send_within(
         dlg.local_cseq_callee = cseq
     eng.mark_dirty(dlg)
     branch = eng.new_branch()
-    headers = [("Via", f"SIP/2.0/{proto.upper()} {out.host}:{out.port};branch={branch}")]
+    headers = [("Via", f"SIP/2.0/{proto.upper()} {out.hostport};branch={branch}")]
     headers += [("Route", r) for r in routes]
     headers += [
         ("To", to),

@@ -97,8 +97,12 @@ class Engine:
         self._events: list[Event] = []
         self._accepting = True
         self._report_states = True
-        self._local_hosts = {s.host for s in sockets}
-        self._local_ports = {s.port for s in sockets}
+        self._local_hosts = {s.host for s in sockets} | {
+            s.advertised_host for s in sockets if s.advertised_host
+        }
+        self._local_ports = {s.port for s in sockets} | {
+            s.advertised_port for s in sockets if s.advertised_port
+        }
         self._local_cache: dict[str, bool] = {}
         self._branch_prefix = f"z9hG4bK{self.rng.getrandbits(32):x}."
         self._branch_seq = 0
@@ -243,17 +247,23 @@ class Engine:
             self._local_cache[uri] = hit
         return hit
 
-    def socket_for(self, proto: str, preferred: Socket | None = None) -> Socket:
-        if preferred is not None and preferred.proto == proto:
+    def socket_for(self, proto: str, preferred: Socket | None = None, host: str = "") -> Socket:
+        """The socket to send to ``host`` over ``proto``: the preferred one (where the
+        request came in) when it fits, else the first of that transport and address family."""
+        family = 6 if ":" in host else 4
+        if preferred is not None and preferred.proto == proto and preferred.family == family:
             return preferred
         for s in self.sockets:
-            if s.proto == proto:
+            if s.proto == proto and s.family == family:
                 return s
-        raise SipError(503, f"No {proto.upper()} socket")
+        for s in self.sockets:
+            if s.proto == proto and not host:
+                return s
+        raise SipError(503, f"No {proto.upper()} IPv{family} socket")
 
     def record_route(self, socket: Socket, did: str) -> str:
-        transport = ";transport=tcp" if socket.proto == "tcp" else ""
-        return f"<sip:{socket.host}:{socket.port}{transport};lr;did={did}>"
+        transport = "" if socket.proto == "udp" else f";transport={socket.proto}"
+        return f"<sip:{socket.hostport}{transport};lr;did={did}>"
 
     # -- responses built here -----------------------------------------------------------------
 
@@ -464,7 +474,7 @@ class Engine:
             if self.is_local_uri(msg.ruri):
                 raise SipError(404, "Not Found")
             proto, host, port = uri_target(msg.ruri, socket.proto)
-        out = self.socket_for(proto, socket)
+        out = self.socket_for(proto, socket, host)
         dlg = None
         if method == "INVITE":
             dlg = dlg_handlers.create_dialog(self, msg, socket, src, conn)
@@ -498,12 +508,12 @@ class Engine:
         if msg.method == "ACK":
             seed = f"{msg.via.branch}{msg.callid}".encode(ENCODING, ERRORS)
             branch = f"z9hG4bKa{zlib.crc32(seed):x}"
-            msg.add_first("Via", f"SIP/2.0/{proto} {out.host}:{out.port};branch={branch}")
+            msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch}")
             self.stats.fwd_requests += 1
             self.send(out, host, port, conn, msg.to_bytes())
             return
         branch = self.new_branch()
-        msg.add_first("Via", f"SIP/2.0/{proto} {out.host}:{out.port};branch={branch};rport")
+        msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch};rport")
         ctx = ClientTransaction(self, branch, msg, out, host, port, conn)
         ctx.server = stx
         ctx.dialog = dlg
@@ -591,7 +601,8 @@ class Engine:
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
-        out = self.socket_for(via.transport.lower() if via.transport in ("UDP", "TCP") else "udp")
+        proto = via.transport.lower() if via.transport in ("UDP", "TCP") else "udp"
+        out = self.socket_for(proto, None, host)
         self.stats.fwd_replies += 1
         self.send(out, host, port, None, msg.to_bytes())
 

@@ -9,7 +9,6 @@ import logging
 import socket as socketlib
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -91,16 +90,17 @@ class SipService:
         for sock in self.sockets:
             if sock.proto == "udp":
                 transport, _ = await self.loop.create_datagram_endpoint(
-                    functools.partial(UdpEndpoint, self, sock), local_addr=(sock.host, sock.port)
+                    functools.partial(UdpEndpoint, self, sock), sock=_bind_udp(sock)
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
-                _grow_buffers(transport.get_extra_info("socket"))
             else:
                 server = await self.loop.create_server(
                     functools.partial(self._accept, sock), sock.host, sock.port, reuse_address=True
                 )
                 self._tcp_servers.append(server)
-            log.info("listening on %s", sock)
+            log.info(
+                "listening on %s%s", sock, f" as {sock.hostport}" if sock.advertised_host else ""
+            )
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
         if self.db is not None:
@@ -356,10 +356,26 @@ class SipService:
                     conn.close()
 
 
-def _grow_buffers(sock: Any) -> None:
+def _bind_udp(sock: Socket) -> socketlib.socket:
+    """A bound UDP socket for ``sock``.  IPv6 sockets take IPv6 only (a dual-stack wildcard
+    would hand the engine IPv4 peers as ``::ffff:a.b.c.d``, which no Via of theirs names);
+    a port in use is an OSError that says which socket."""
+    family = socketlib.AF_INET6 if sock.family == 6 else socketlib.AF_INET
+    udp = socketlib.socket(family, socketlib.SOCK_DGRAM)
+    try:
+        if family == socketlib.AF_INET6:
+            udp.setsockopt(socketlib.IPPROTO_IPV6, socketlib.IPV6_V6ONLY, 1)
+        _grow_buffers(udp)
+        udp.bind((sock.host, sock.port))
+    except OSError as exc:
+        udp.close()
+        raise OSError(exc.errno, f"{sock}: {exc.strerror}") from None
+    udp.setblocking(False)
+    return udp
+
+
+def _grow_buffers(sock: socketlib.socket) -> None:
     """Bigger UDP buffers absorb bursts instead of dropping them (each drop costs a T1 wait)."""
-    if sock is None:
-        return
     for option in (socketlib.SO_RCVBUF, socketlib.SO_SNDBUF):
         try:
             sock.setsockopt(socketlib.SOL_SOCKET, option, UDP_BUFFER)
