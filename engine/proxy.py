@@ -22,6 +22,7 @@ from .dialog import Dialog, DlgState, EndReason, Socket
 from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Send, StateChanged
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
+from .pike import PikeConfig, pike_for
 from .stats import Stats
 from .timers import TimerQueue
 from .transaction import ClientTransaction, ServerTransaction, TxState
@@ -67,6 +68,8 @@ class EngineConfig:
     ping_timeout: float = 5.0
     #: Lifetime left to a call whose CANCEL crossed its 2xx (OpenSIPS ``race_condition_timeout``).
     race_condition_timeout: int = 5
+    #: The per-source request rate limit (engine/pike.py); None: off.
+    pike: PikeConfig | None = None
 
 
 class Engine:
@@ -104,6 +107,8 @@ class Engine:
             s.advertised_port for s in sockets if s.advertised_port
         }
         self._local_cache: dict[str, bool] = {}
+        #: Read-only outside the engine (MI ``pike_list``, metrics).
+        self.pike = pike_for(self.config.pike, self._local_hosts, self.config.next_hop)
         self._branch_prefix = f"z9hG4bK{self.rng.getrandbits(32):x}."
         self._branch_seq = 0
         self._tag = f"{self.rng.getrandbits(32):x}"
@@ -346,6 +351,10 @@ class Engine:
         method = msg.method
         assert method is not None
         stats.requests_by_method[method] += 1
+        pike = self.pike
+        if pike is not None and pike.drops(msg, src[0], self.now, self._events):
+            stats.drop_requests += 1  # a flooding source gets nothing back
+            return
         try:
             validate_request(msg)
         except SipError as exc:

@@ -33,6 +33,7 @@ MODULES = [
     "events",
     "framing",
     "message",
+    "pike",
     "proxy",
     "stats",
     "timers",

@@ -20,7 +20,14 @@ from helpers.sipmsg import SipMessage as Wire
 
 from engine.dialog import Dialog, Socket
 from engine.dlg_records import RecordRing, make_record
-from engine.events import DialogChanged, DialogStateChanged, Send, StateChanged
+from engine.events import (
+    DialogChanged,
+    DialogStateChanged,
+    Send,
+    SourceBlocked,
+    SourceReleased,
+    StateChanged,
+)
 from engine.proxy import Engine, EngineConfig, NextHop
 
 PROXY_IP = "127.0.0.1"
@@ -71,6 +78,8 @@ class Rig:
         #: What the engine reported, drained after every call as the shell does.
         self.events: list[DialogStateChanged] = []
         self.changes: list[DialogChanged] = []
+        #: What the rate limit reported (engine.pike).
+        self.sources: list[SourceBlocked | SourceReleased] = []
         #: Fed a record of every dialog that ends, when set.
         self.records: RecordRing | None = None
         #: Called with every dialog that ends, when set.
@@ -88,6 +97,8 @@ class Rig:
                 self.changes.append(event)
                 if self.persistence is not None:
                     self.persistence.note_change(event.dialog, event.state_only)
+            elif isinstance(event, SourceBlocked | SourceReleased):
+                self.sources.append(event)
             else:
                 if self.records is not None:
                     self.records.add(make_record(self.eng, event.dialog))
