@@ -25,6 +25,8 @@ INT_OPTIONS = """
 --ended-records N ended calls kept (10000)
 --webhook-timeout S per webhook POST (5)
 --event-queue N events queued per consumer (1000)
+--pike-requests N requests per source IP per window, 0 off (30)
+--pike-window S rate-limit window (2)
 """
 
 
@@ -68,6 +70,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         action="append",
         metavar="URL",
         help="POST every dialog state change as JSON to URL (repeatable)",
+    )
+    p.add_argument(
+        "--pike-trusted",
+        action="append",
+        metavar="CIDR",
+        help="sources never rate-limited, besides the next hop (repeatable)",
     )
     p.add_argument(
         "--db",

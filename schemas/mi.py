@@ -342,6 +342,13 @@ class HelpOut(BaseModel):
     exported_by: str = Field(alias="Exported by")
 
 
+class PikeListOut(BaseModel):
+    """OpenSIPS 3.x ``pike_list``: the blocked source addresses."""
+
+    model_config = _STRICT
+    IPs: list[str]
+
+
 OkOut = Literal["OK"]
 StatsOut = dict[str, int]
 StatKindsOut = dict[str, Literal["incremental", "non-incremental"]]
@@ -530,6 +537,15 @@ COMMANDS: dict[str, Command] = {
             "Beyond OpenSIPS: ended-call records, newest first: all, by Call-ID, or a page.",
             help="lists the records of ended dialogs (newest first)",
         ),
+        _cmd(
+            "pike_list",
+            "pike",
+            [[]],
+            PikeListOut,
+            "Source IPs over the request rate limit now (pike_requests per pike_window); "
+            "empty when the limit is off.",
+            help="lists the nodes in the pike tree",
+        ),
     )
 }
 
@@ -554,6 +570,7 @@ _RESULT_MODELS: tuple[type[BaseModel], ...] = (
     VersionOut,
     PsOut,
     HelpOut,
+    PikeListOut,
 )
 
 

@@ -82,6 +82,10 @@ class DialogOps(Protocol):
         """Load the stored dialogs missing from memory; how many came.  Raises on failure."""
         ...
 
+    def blocked_sources(self) -> list[str]:
+        """The source IPs over the request rate limit now (engine/pike.py)."""
+        ...
+
 
 class MiError(Exception):
     """A command-level error: OpenSIPS's small positive codes (404, 500, ...)."""
@@ -294,6 +298,17 @@ async def dlg_list_ended(service: DialogOps, params: BaseModel) -> Any:
         records = list(ring)
         return {"count": len(records), "Dialogs": records}
     return {"count": len(ring), "Dialogs": ring.page(index, _get(params, "counter"))}
+
+
+# --------------------------------------------------------------------------------------------
+# pike_list (flood protection: engine/pike.py, docs/flood.md)
+# --------------------------------------------------------------------------------------------
+
+
+@handler("pike_list")
+async def pike_list(service: DialogOps, params: BaseModel) -> Any:
+    """The blocked source addresses, in OpenSIPS 3.x's shape."""
+    return {"IPs": service.blocked_sources()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,13 +13,20 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from engine.dialog import Dialog, Socket
-from engine.events import DialogChanged, Send, StateChanged
+from engine.events import (
+    DialogChanged,
+    DialogEnded,
+    Send,
+    SourceBlocked,
+    SourceReleased,
+    StateChanged,
+)
 from engine.proxy import VERSION, Engine, EngineConfig
 
 from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
-from ..observe.metrics import counter
+from ..observe.metrics import counter, gauge
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from .transport import TcpConnection, UdpEndpoint
 
@@ -49,6 +56,7 @@ class SipService:
             ping_timeout=settings.ping_timeout,
             race_condition_timeout=settings.race_condition_timeout,
             report_changes=settings.stores_changes(),
+            pike=settings.pike_config(),
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
@@ -169,8 +177,18 @@ class SipService:
                     db.note_change(event.dialog, event.state_only)
             elif type(event) is StateChanged:
                 life.state_changed(event)
-            else:
+            elif type(event) is DialogEnded:
                 life.ended(event.dialog)
+            elif type(event) is SourceBlocked:
+                log.warning(
+                    "pike: blocking %s: more than %d requests in %g s; its new requests are "
+                    "dropped until it slows down (pike_trusted exempts a trunk)",
+                    event.source,
+                    event.requests,
+                    event.window,
+                )
+            elif type(event) is SourceReleased:
+                log.warning("pike: releasing %s", event.source)
         return changed
 
     def metrics(self) -> Iterator[Metric]:
@@ -180,6 +198,23 @@ class SipService:
             "Messages and timer runs that raised inside the engine (a bug: see the log)",
             self.internal_errors,
         )
+        pike = self.engine.pike
+        if pike is not None:
+            yield counter(
+                "sipdlg_pike_blocked",
+                "Requests dropped because their source IP was over the rate limit",
+                pike.dropped,
+            )
+            yield gauge(
+                "sipdlg_pike_blocked_sources",
+                "Source IPs over the rate limit now (MI pike_list)",
+                len(self.blocked_sources()),
+            )
+
+    def blocked_sources(self) -> list[str]:
+        """MI ``pike_list``: the source IPs over the rate limit now (none when it is off)."""
+        pike = self.engine.pike
+        return [] if pike is None else pike.blocked(self.loop.time())
 
     # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
 
