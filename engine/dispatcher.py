@@ -10,9 +10,10 @@ the operator (MI ``ds_set_state``) and is never used.
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from random import Random
+from typing import Final, TypeVar
 
 from .address import parse_uri, split_hostport
 from .dialog import bracket
@@ -86,10 +87,38 @@ def _host_port(text: str) -> tuple[str, int | None]:
         raise ValueError(f"{text!r}: {exc.reason}") from None
 
 
+T = TypeVar("T")
+
+
+def weighted_order(items: list[T], rank: Callable[[T], tuple[int, int]], rng: Random) -> list[T]:
+    """RFC 2782's order, used for SRV records and next hops alike: ascending priority, and
+    within a priority a random order in which each item comes first in proportion to its
+    weight.  ``rank`` gives an item's (priority, weight)."""
+    if len(items) < 2:
+        return list(items)
+    out: list[T] = []
+    for priority in sorted({rank(i)[0] for i in items}):
+        group = [i for i in items if rank(i)[0] == priority]
+        while group:
+            pick = rng.uniform(0, sum(rank(i)[1] for i in group))
+            chosen = len(group) - 1
+            for n, item in enumerate(group):
+                pick -= rank(item)[1]
+                if pick <= 0:
+                    chosen = n
+                    break
+            out.append(group.pop(chosen))
+    return out
+
+
+def _rank(dest: Destination) -> tuple[int, int]:
+    return dest.priority, dest.weight
+
+
 class DestinationSet:
     """Set 1 of OpenSIPS's dispatcher: the destinations every initial request is sent to."""
 
-    def __init__(self, destinations: list[Destination], rng: random.Random) -> None:
+    def __init__(self, destinations: list[Destination], rng: Random) -> None:
         self.id = 1
         self.destinations = destinations
         self.rng = rng
@@ -100,31 +129,10 @@ class DestinationSet:
         too: with no probing configured, that is how a recovered destination comes back)."""
         active = [d for d in self.destinations if d.state == DsState.ACTIVE]
         probing = [d for d in self.destinations if d.state == DsState.PROBING]
-        ordered = self._weighted(active) + self._weighted(probing)
+        ordered = weighted_order(active, _rank, self.rng) + weighted_order(probing, _rank, self.rng)
         if ordered:
             ordered[0].first_hit_counter += 1
         return ordered
-
-    def _weighted(self, dests: list[Destination]) -> list[Destination]:
-        if len(dests) < 2:
-            return dests
-        out: list[Destination] = []
-        for priority in sorted({d.priority for d in dests}):
-            group = [d for d in dests if d.priority == priority]
-            while group:
-                total = sum(d.weight for d in group)
-                if total <= 0:
-                    out.extend(group)
-                    break
-                pick = self.rng.uniform(0, total)
-                for i, d in enumerate(group):
-                    pick -= d.weight
-                    if pick <= 0:
-                        out.append(group.pop(i))
-                        break
-                else:
-                    out.append(group.pop())
-        return out
 
     def mark(self, dest: Destination, state: str, reason: str = "") -> bool:
         """Set a destination's state; True if it changed."""
