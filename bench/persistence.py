@@ -40,11 +40,11 @@ from engine_calls import PROXY, UAC, UAS, in_dialog, invite, reply_to  # noqa: E
 from app.store.persistence import Persistence  # noqa: E402
 from app.store.sqlite import SqliteStore  # noqa: E402
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket  # noqa: E402
+from engine.dispatcher import Destination  # noqa: E402
 from engine.dlg_db import dialog_row, restore_dialogs  # noqa: E402
 from engine.dlg_records import RecordRing, make_record  # noqa: E402
 from engine.dlg_table import callid_hash  # noqa: E402
 from engine.events import DialogChanged, DialogEnded  # noqa: E402
-from engine.dispatcher import Destination
 from engine.proxy import Engine, EngineConfig  # noqa: E402
 
 # --------------------------------------------------------------------------------- engine
