@@ -134,9 +134,10 @@ class DestinationSet:
             ordered[0].first_hit_counter += 1
         return ordered
 
-    def mark(self, dest: Destination, state: str, reason: str = "") -> bool:
-        """Set a destination's state; True if it changed."""
-        if dest.state == state or dest.state == DsState.INACTIVE and state != DsState.ACTIVE:
+    def mark(self, dest: Destination, state: str, reason: str = "", by_mi: bool = False) -> bool:
+        """Set a destination's state; True if it changed.  Only the MI takes a destination
+        out of ``Inactive``."""
+        if dest.state == state or dest.state == DsState.INACTIVE and not by_mi:
             return False
         dest.state = state
         dest.reason = reason if state != DsState.ACTIVE else ""

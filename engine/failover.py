@@ -150,7 +150,7 @@ def _send(eng: Engine, a: Attempt, target: Target) -> bool:
     return True
 
 
-def set_state(eng: Engine, dest: Destination, state: str, reason: str) -> None:
+def set_state(eng: Engine, dest: Destination, state: str, reason: str, by_mi: bool = False) -> None:
     """Mark a next hop up or down; the shell logs each change once."""
-    if eng.dispatcher is not None and eng.dispatcher.mark(dest, state, reason):
+    if eng.dispatcher is not None and eng.dispatcher.mark(dest, state, reason, by_mi):
         eng.queue_event(DestinationChanged(dest.uri, state, reason))

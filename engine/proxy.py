@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer, failover, probing
 from .address import parse_uri, split_values
 from .dialog import Dialog, DlgState, EndReason, Socket
-from .dispatcher import Destination, DestinationSet
+from .dispatcher import Destination, DestinationSet, DsState
 from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Resolve, Send, StateChanged
 from .locator import Locator, Query, Target, locate
@@ -192,6 +192,15 @@ class Engine:
                 ctx.handler(ctx, None)
             elif attempt is not None:
                 failover.give_up(self, attempt)
+
+    def set_destination_state(self, address: str, state: str, now: float) -> bool:
+        """MI ``ds_set_state``: a next hop by URI or ``host[:port]``; False if none."""
+        self.now = now
+        dest = self.dispatcher.find(address) if self.dispatcher is not None else None
+        if dest is None:
+            return False
+        failover.set_state(self, dest, state, "" if state == DsState.ACTIVE else "MI", by_mi=True)
+        return True
 
     def stream_opened(self) -> None:
         """The shell accepted or opened a stream connection (OpenSIPS's ``tcp_connections``)."""

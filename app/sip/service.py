@@ -10,7 +10,7 @@ import socket as socketlib
 import time
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.dialog import Dialog, Socket
 from engine.dispatcher import DsState
@@ -28,7 +28,7 @@ from engine.proxy import VERSION, Engine, EngineConfig
 from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
-from ..observe.metrics import counter
+from ..observe.metrics import counter, gauge
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from .resolver import FAILURE_TTL, Resolver
 from .transport import TcpConnection, UdpEndpoint
@@ -248,6 +248,28 @@ class SipService:
             "Messages and timer runs that raised inside the engine (a bug: see the log)",
             self.internal_errors,
         )
+        dispatcher = self.engine.dispatcher
+        if dispatcher is not None:
+            up = GaugeMetricFamily(
+                "sipdlg_next_hop_up",
+                "1 while a next hop is Active, 0 while Probing or Inactive (ds_list)",
+                labels=["uri"],
+            )
+            hits = CounterMetricFamily(
+                "sipdlg_next_hop_first_hits",
+                "Requests that chose a next hop first (ds_list first_hit_counter)",
+                labels=["uri"],
+            )
+            for d in dispatcher.destinations:
+                up.add_metric([d.uri], 1.0 if d.state == DsState.ACTIVE else 0.0)
+                hits.add_metric([d.uri], d.first_hit_counter)
+            yield up
+            yield hits
+        yield gauge(
+            "sipdlg_dns_waiting_queries",
+            "DNS queries (RFC 3263) that requests are waiting for",
+            self.engine.locator.pending(),
+        )
 
     # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
 
@@ -273,6 +295,12 @@ class SipService:
         self.db.expire(expired, self.loop.time())
         self.flush()
         return len(restored)
+
+    def set_destination_state(self, address: str, state: str) -> bool:
+        """MI ``ds_set_state``."""
+        ok = self.engine.set_destination_state(address, state, self.loop.time())
+        self.flush()
+        return ok
 
     def _release(self, items: list[Send]) -> None:
         """Messages whose dialog changes are committed (realtime persistence)."""
