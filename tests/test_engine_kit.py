@@ -72,10 +72,8 @@ class Rig:
     """An engine, a clock, and helpers to feed it and read what it sends."""
 
     def __init__(self, *, next_hop: bool = True, start: float = 1000.0, **config: object) -> None:
-        cfg = EngineConfig(
-            next_hops=[Destination(None, *CALLEE)] if next_hop else [],
-            **config,  # type: ignore[arg-type]
-        )
+        config.setdefault("next_hops", [Destination(None, *CALLEE)] if next_hop else [])
+        cfg = EngineConfig(**config)  # type: ignore[arg-type]
         self.eng = Engine([UDP, TCP], cfg, wall_offset=1_700_000_000.0, rng=random.Random(7))
         self.now = start
         #: What the engine reported, drained after every call as the shell does.
