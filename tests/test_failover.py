@@ -12,10 +12,9 @@ from engine.locator import Query, Target
 SECOND = ("127.0.0.1", 5090)
 
 
-def two_hops(**config: object) -> Rig:
+def two_hops(fr_timeout: float = 5.0, probe_interval: float = 0.0) -> Rig:
     hops = [Destination(None, *CALLEE, priority=0), Destination(None, *SECOND, priority=1)]
-    config["next_hops"] = hops
-    return Rig(**config)
+    return Rig(next_hops=hops, fr_timeout=fr_timeout, probe_interval=probe_interval)
 
 
 def branch_of(out: object) -> str:
