@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.dialog import Socket
+from engine.dispatcher import Destination, parse_destination
 from engine.pike import PikeConfig
-from engine.proxy import NextHop
 
 
 class ConfigError(ValueError):
@@ -27,7 +27,17 @@ class ConfigError(ValueError):
 @dataclass
 class Settings:
     listen: list[str] = field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
-    next_hop: str | None = None
+    #: Next hops of initial requests, tried in order of priority (OpenSIPS's dispatcher):
+    #: ``[proto:]HOST[:PORT][;priority=N][;weight=N]``; a name without port is found by SRV.
+    next_hop: list[str] = field(default_factory=list)
+    #: Without a next hop, the networks and domains a Request-URI may send a request to.
+    relay_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    #: Seconds without any answer before a silent next hop is skipped for the next one.
+    fr_timeout: int = 5
+    #: Seconds between OPTIONS probes of the next hops (0: off; OpenSIPS's default is 10).
+    probe_interval: int = 0
+    #: DNS servers for RFC 3263 routing, ``IP[:PORT]`` (default: /etc/resolv.conf's).
+    dns_servers: list[str] = field(default_factory=list)
     mi_listen: str = "127.0.0.1:8888"
     mi_token: str | None = None
     mi_allow: list[str] = field(default_factory=list)
@@ -67,19 +77,33 @@ class Settings:
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
 
-    def next_hop_target(self) -> NextHop | None:
-        return parse_next_hop(self.next_hop) if self.next_hop else None
+    def destinations(self) -> list[Destination]:
+        return [parse_next_hop(text) for text in self.next_hop]
+
+    def dns_server_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for text in self.dns_servers:
+            if text.rpartition(":")[2].isdigit() and (text.count(":") == 1 or "]" in text):
+                out.append(split_host_port(text, "dns_servers"))
+            else:
+                out.append((text.strip("[]"), 53))
+        for host, _ in out:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"dns_servers: {host!r} is not an IP address") from None
+        return out
 
     def pike_config(self) -> PikeConfig | None:
         """The rate limit's settings, None when off.  Besides ``pike_trusted``, the engine
-        exempts its own addresses and a next hop given as an address; a next hop given by
-        name is exempted by its addresses, looked up here once."""
+        exempts its own addresses and the next hops given as addresses; a next hop given by
+        name is exempted by its addresses, looked up here once (system resolver)."""
         if self.pike_requests <= 0:
             return None
         trusted = list(self.pike_trusted)
-        hop = self.next_hop_target()
-        if hop is not None and not _is_address(hop.host):
-            trusted += _addresses_of(hop.host)
+        for hop in self.destinations():
+            if not _is_address(hop.host):
+                trusted += _addresses_of(hop.host)
         return PikeConfig(self.pike_requests, float(self.pike_window), tuple(trusted))
 
     def stores_changes(self) -> bool:
@@ -100,10 +124,20 @@ class Settings:
 HOST_NAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
-LIST_FIELDS = {"listen", "mi_allow", "webhook", "pike_trusted"}
+LIST_FIELDS = {
+    "listen",
+    "mi_allow",
+    "webhook",
+    "next_hop",
+    "relay_allow",
+    "dns_servers",
+    "pike_trusted",
+}
 BOOL_FIELDS = {"bye_on_timeout"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "fr_timeout",
+    "probe_interval",
     "db_update_period",
     "ended_retention",
     "ping_interval",
@@ -192,14 +226,12 @@ def parse_socket(text: str) -> Socket:
     return Socket(proto, host, port, adv_host.lower(), adv_port)
 
 
-def parse_next_hop(text: str) -> NextHop:
-    """``[proto:]HOST:PORT``; without proto the inbound transport is kept."""
-    proto: str | None = None
-    head, sep, rest = text.partition(":")
-    if sep and head.lower() in ("udp", "tcp"):
-        proto, text = head.lower(), rest
-    host, port = split_host_port(text, "--next-hop")
-    return NextHop(proto, host, port)
+def parse_next_hop(text: str) -> Destination:
+    """``[proto:]HOST[:PORT][;priority=N][;weight=N]`` or a ``sip:`` URI."""
+    try:
+        return parse_destination(text)
+    except ValueError as exc:
+        raise ConfigError(f"--next-hop: {exc}") from None
 
 
 def _listen_entry(value: Any) -> str:
@@ -215,9 +247,22 @@ def _listen_entry(value: Any) -> str:
     return str(value)
 
 
+def _next_hop_entry(value: Any) -> str:
+    """A TOML ``next_hop`` item: a string, or ``{target = "...", priority = N, weight = N}``."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"target", "priority", "weight"}
+        if unknown or "target" not in value:
+            raise ConfigError(f"next_hop: expected {{target, priority, weight}}, got {value!r}")
+        extra = "".join(f";{k}={value[k]}" for k in ("priority", "weight") if k in value)
+        return f"{value['target']}{extra}"
+    return str(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "listen" and isinstance(value, list):
         return [_listen_entry(v) for v in value]
+    if name == "next_hop" and isinstance(value, list):
+        return [_next_hop_entry(v) for v in value]
     if name in LIST_FIELDS:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
@@ -271,7 +316,10 @@ def load_settings(
 
 def validate(settings: Settings) -> None:
     settings.sockets()
-    settings.next_hop_target()
+    settings.destinations()
+    settings.dns_server_addresses()
+    if settings.fr_timeout <= 0 or settings.probe_interval < 0:
+        raise ConfigError("fr_timeout must be positive, probe_interval not negative")
     settings.mi_address()
     if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):
         raise ConfigError("hash_size must be a power of two")

@@ -21,13 +21,9 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .events import Event, SourceBlocked, SourceReleased
 from .message import SipError, SipMessage
-
-if TYPE_CHECKING:
-    from .proxy import NextHop
 
 #: Forgotten sources looked at per request: more than one, so the table shrinks as fast as
 #: it can grow.
@@ -92,7 +88,7 @@ class Pike:
         self.release_at = config.requests / 2
         self.max_sources = max(1, config.max_sources)
         self._trusted = tuple(ipaddress.ip_network(net, strict=False) for net in config.trusted)
-        self._exempt = set(exempt)
+        self._exempt = {_canonical(host) for host in exempt}
         self._is_exempt: dict[str, bool] = {}
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._blocked: set[str] = set()
@@ -181,16 +177,21 @@ class Pike:
 
 
 def pike_for(
-    config: PikeConfig | None, local_hosts: Iterable[str], next_hop: NextHop | None
+    config: PikeConfig | None, local_hosts: Iterable[str], next_hops: Iterable[str]
 ) -> Pike | None:
-    """The engine's limiter, or None when off; our own addresses and the next hop are
-    exempt (a next hop given by name: the shell lists its addresses in ``trusted``)."""
+    """The engine's limiter, or None when off; our own addresses and the next hops are
+    exempt (next hops given by name: the shell lists their addresses in ``trusted``)."""
     if config is None:
         return None
-    exempt = set(local_hosts)
-    if next_hop is not None:
-        exempt.add(next_hop.host)
-    return Pike(config, exempt)
+    return Pike(config, [*local_hosts, *next_hops])
+
+
+def _canonical(host: str) -> str:
+    """An address as a socket reports a peer (``2001:db8::1``, not ``[2001:DB8:0::1]``)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).compressed
+    except ValueError:
+        return host
 
 
 def _in_dialog(msg: SipMessage) -> bool:

@@ -9,7 +9,6 @@ from test_engine_kit import CALLEE, Call, Rig, crlf, one
 from engine.events import Event, SourceBlocked, SourceReleased
 from engine.message import SipMessage, parse
 from engine.pike import Pike, PikeConfig, pike_for
-from engine.proxy import NextHop
 
 FLOODER = "192.0.2.66"
 OTHER = "192.0.2.7"
@@ -183,10 +182,10 @@ def test_our_next_hop_is_never_limited() -> None:
 
 
 def test_the_engine_exempts_its_own_addresses_and_its_next_hop() -> None:
-    pike = pike_for(PikeConfig(requests=2), ["127.0.0.1"], NextHop(None, "203.0.113.5", 5060))
+    pike = pike_for(PikeConfig(requests=2), ["127.0.0.1"], ["203.0.113.5", "[2001:DB8:0::5]"])
     assert pike is not None
     events: list[Event] = []
-    for source in ("127.0.0.1", "203.0.113.5"):
+    for source in ("127.0.0.1", "203.0.113.5", "2001:db8::5"):
         assert burst(pike, source, 50, 1.0, events) == 0
     assert burst(pike, "203.0.113.6", 50, 1.0, events) == 48  # all but the first 2
-    assert pike_for(None, ["127.0.0.1"], None) is None
+    assert pike_for(None, ["127.0.0.1"], []) is None
