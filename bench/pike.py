@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.dlg_table import DialogTable  # noqa: E402
 from engine.events import Event  # noqa: E402
 from engine.message import parse  # noqa: E402
 from engine.pike import Pike, PikeConfig  # noqa: E402
@@ -22,6 +23,7 @@ REQUEST = parse(
     b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\n"
     b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
 )
+CALLS = DialogTable()
 SOURCES = [f"198.51.{i // 256}.{i % 256}" for i in range(10000)]
 NUMBER = 1_000_000
 
@@ -32,11 +34,12 @@ def main() -> None:
     clock = [0.0]
 
     def exempt() -> None:
-        pike.drops(REQUEST, "203.0.113.1", 1.0, events)
+        pike.drops(REQUEST, "203.0.113.1", 1.0, events, CALLS)
 
     def counted() -> None:
         clock[0] += 1e-5
-        pike.drops(REQUEST, SOURCES[int(clock[0] * 1e5) % len(SOURCES)], clock[0], events)
+        source = SOURCES[int(clock[0] * 1e5) % len(SOURCES)]
+        pike.drops(REQUEST, source, clock[0], events, CALLS)
 
     for name, fn in (("exempt source", exempt), ("counted source", counted)):
         best = min(timeit.repeat(fn, number=NUMBER, repeat=3))

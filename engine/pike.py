@@ -1,11 +1,11 @@
 """A per-source request rate limit, as OpenSIPS's pike module: flood protection at the door.
 
 Every request counts against its source IP (responses do not); a source sending more than
-``requests`` in ``window`` seconds is *blocked*: its initial requests (no To-tag) are dropped
-without an answer, since a scanner or a flood should get nothing back, while in-dialog
-requests of calls already up still pass.  It is released once its rate has fallen to half the
-limit (no flapping at the edge).  The next hop(s) and the ``trusted`` networks are never
-counted: our own trunks must not be limited.
+``requests`` in ``window`` seconds is *blocked*: its requests are dropped without an answer,
+since a scanner or a flood should get nothing back, except in-dialog requests (a To-tag) of
+calls we hold, so that a call already up can still be hung up.  It is released once its rate
+has fallen to half the limit (no flapping at the edge).  Our own addresses, the next hops and
+the ``trusted`` networks are never counted: our own trunks must not be limited.
 
 Sans-I/O like the rest of the engine: time comes in as ``now``.  The rate is a sliding
 window estimated from two fixed buckets (this window's count, plus the last window's
@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .dlg_table import DialogTable
 from .events import Event, SourceBlocked, SourceReleased
 from .message import SipError, SipMessage
 
@@ -97,10 +98,13 @@ class Pike:
         #: Times a source became blocked.
         self.blocks = 0
 
-    def drops(self, msg: SipMessage, source: str, now: float, events: list[Event]) -> bool:
-        """Count a request from ``source``; True if it must be dropped without an answer
-        (its source is blocked and it starts no dialog-bound request).  Blocking and release
-        are appended to ``events``."""
+    def drops(
+        self, msg: SipMessage, source: str, now: float, events: list[Event], calls: DialogTable
+    ) -> bool:
+        """Count a request from ``source``; True if it must be dropped without an answer:
+        its source is blocked and it is not a request inside one of ``calls`` (a To-tag
+        alone is not enough, or a flood would carry one).  Blocking and release are
+        appended to ``events``."""
         if self._exempt_source(source):
             return False
         self._forget_silent(now, events)
@@ -121,7 +125,7 @@ class Pike:
             self._blocked.add(source)
             self.blocks += 1
             events.append(SourceBlocked(source, self.limit, self.window))
-        if not src.blocked or _in_dialog(msg):
+        if not src.blocked or _in_call(msg, calls):
             return False
         self.dropped += 1
         return True
@@ -194,9 +198,10 @@ def _canonical(host: str) -> str:
         return host
 
 
-def _in_dialog(msg: SipMessage) -> bool:
-    """Whether a request belongs to a dialog (a To-tag); an unreadable To counts as none."""
+def _in_call(msg: SipMessage, calls: DialogTable) -> bool:
+    """Whether a request belongs to a dialog we hold (a To-tag and a known Call-ID); an
+    unreadable To or Call-ID counts as none."""
     try:
-        return bool(msg.to.tag)
+        return bool(msg.to.tag) and bool(calls.by_callid(msg.callid))
     except SipError:
         return False

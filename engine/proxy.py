@@ -409,7 +409,7 @@ class Engine:
         assert method is not None
         stats.requests_by_method[method] += 1
         pike = self.pike
-        if pike is not None and pike.drops(msg, src[0], self.now, self._events):
+        if pike is not None and pike.drops(msg, src[0], self.now, self._events, self.dialogs):
             stats.drop_requests += 1  # a flooding source gets nothing back
             return
         try:

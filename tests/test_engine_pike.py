@@ -4,8 +4,10 @@ then inside the engine (tests/test_engine_kit.Rig)."""
 from __future__ import annotations
 
 import pytest
+from helpers.mi_fake import make_dialog
 from test_engine_kit import CALLEE, Call, Rig, crlf, one
 
+from engine.dlg_table import DialogTable
 from engine.events import Event, SourceBlocked, SourceReleased
 from engine.message import SipMessage, parse
 from engine.pike import Pike, PikeConfig, pike_for
@@ -31,9 +33,12 @@ INITIAL = request()
 IN_DIALOG = request("t")
 
 
+NO_CALLS = DialogTable()
+
+
 def burst(pike: Pike, source: str, count: int, now: float, events: list[Event]) -> int:
     """``count`` initial requests from ``source`` at ``now``; how many were dropped."""
-    return sum(pike.drops(INITIAL, source, now, events) for _ in range(count))
+    return sum(pike.drops(INITIAL, source, now, events, NO_CALLS) for _ in range(count))
 
 
 def test_a_burst_over_the_limit_is_dropped_and_reported_once() -> None:
@@ -47,12 +52,15 @@ def test_a_burst_over_the_limit_is_dropped_and_reported_once() -> None:
     assert pike.blocked(100.5) == [FLOODER]
 
 
-def test_in_dialog_requests_of_a_blocked_source_pass() -> None:
+def test_in_dialog_requests_of_a_blocked_source_pass_for_calls_we_hold() -> None:
     pike = Pike(PikeConfig(requests=10, window=2.0))
     events: list[Event] = []
     burst(pike, FLOODER, 50, 10.0, events)
-    assert not pike.drops(IN_DIALOG, FLOODER, 10.1, events)
-    assert pike.drops(INITIAL, FLOODER, 10.1, events)
+    calls = DialogTable()
+    make_dialog(calls, 1, callid="c1")
+    assert not pike.drops(IN_DIALOG, FLOODER, 10.1, events, calls)
+    assert pike.drops(INITIAL, FLOODER, 10.1, events, calls)
+    assert pike.drops(IN_DIALOG, FLOODER, 10.1, events, NO_CALLS)  # a made-up To-tag
 
 
 def test_another_source_is_not_limited_by_the_flood() -> None:
@@ -90,7 +98,7 @@ def test_a_source_at_the_edge_does_not_flap() -> None:
     now = 0.0
     for _ in range(100):  # 9 per second, for 11 seconds
         now += 1 / 9
-        pike.drops(INITIAL, FLOODER, now, events)
+        pike.drops(INITIAL, FLOODER, now, events, NO_CALLS)
     assert events == [SourceBlocked(FLOODER, 10, 1.0)]
 
 
@@ -110,10 +118,10 @@ def test_memory_is_bounded() -> None:
     pike = Pike(PikeConfig(requests=10, window=2.0, max_sources=100))
     events: list[Event] = []
     for n in range(5000):
-        pike.drops(INITIAL, f"198.51.{n // 256}.{n % 256}", 10.0 + n / 10000, events)
+        pike.drops(INITIAL, f"198.51.{n // 256}.{n % 256}", 10.0 + n / 10000, events, NO_CALLS)
     assert len(pike) == 100
     for n in range(100):  # later, a trickle from one source forgets the silent ones
-        pike.drops(INITIAL, OTHER, 20.0 + n, events)
+        pike.drops(INITIAL, OTHER, 20.0 + n, events, NO_CALLS)
     assert len(pike) == 1
 
 
