@@ -100,11 +100,11 @@ def send_within(
     if proto != "tcp":
         conn = None
     if to_caller:
-        cseq = max(dlg.callee_cseq, dlg.local_cseq_caller) + 1
+        cseq = max(dlg.callee_cseq + dlg.cseq_shift_caller, dlg.local_cseq_caller) + 1
         dlg.local_cseq_caller = cseq
     else:
         assert leg is not None
-        cseq = max(leg.caller_cseq, dlg.local_cseq_callee) + 1
+        cseq = max(leg.caller_cseq + dlg.cseq_shift_callee, dlg.local_cseq_callee) + 1
         dlg.local_cseq_callee = cseq
     eng.mark_dirty(dlg)
     branch = eng.new_branch()

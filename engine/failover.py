@@ -47,6 +47,8 @@ class Attempt:
     #: Record-Route values added for the current target (taken off again for the next).
     added: int = 0
     reason: str = ""
+    #: The sender's CSeq number when the request was renumbered (0: it was not).
+    original_cseq: int = 0
 
 
 def advance(eng: Engine, a: Attempt) -> None:

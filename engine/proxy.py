@@ -709,6 +709,9 @@ class Engine:
         stx = txn.server
         if stx is None:
             return
+        attempt = txn.attempt
+        if attempt is not None and attempt.original_cseq:
+            msg.set("CSeq", f"{attempt.original_cseq} {txn.method}")  # renumbered request
         msg.pop_first_value("via")
         if stx.to_tag is None:
             stx.to_tag = msg.to.tag
