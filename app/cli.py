@@ -9,6 +9,7 @@ import logging
 import sys
 
 from .config import ConfigError, load_settings
+from .tls import load_tls
 
 #: The integer settings: flag, metavar, help (with the default).
 INT_OPTIONS = """
@@ -40,8 +41,24 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--next-hop",
         metavar="[PROTO:]HOST:PORT",
-        help="send every initial request here (like $du); default: route by Request-URI",
+        help="send every initial request here (like $du; PROTO udp, tcp or tls); "
+        "default: route by Request-URI",
     )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) of tls: sockets")
+    p.add_argument("--tls-key", metavar="FILE", help="its PEM private key (default: in --tls-cert)")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CAs that TLS servers we connect to must chain to (default: the system's)",
+    )
+    p.add_argument(
+        "--tls-verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check the certificates of TLS servers we connect to (default on)",
+    )
+    p.add_argument("--mi-tls-cert", metavar="FILE", help="serve the MI over HTTPS: certificate")
+    p.add_argument("--mi-tls-key", metavar="FILE", help="its private key (default: in the cert)")
     p.add_argument(
         "--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888), or none"
     )
@@ -121,6 +138,7 @@ def serve(args: argparse.Namespace) -> int:
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "no_uvloop")}
     try:
         settings = load_settings(cli, args.config)
+        tls = load_tls(settings)  # every certificate and key, before anything binds
         try:
             from .mi.http import check_mi_exposure
 
@@ -148,7 +166,7 @@ def serve(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, tls=tls))
     except DbError as exc:
         print(f"sipdlg: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from engine.address import TRANSPORTS
 from engine.dialog import Socket
 from engine.proxy import NextHop
 
@@ -55,6 +56,15 @@ class Settings:
     webhook: list[str] = field(default_factory=list)
     webhook_timeout: int = 5
     event_queue: int = 1000
+    # TLS (docs/tls.md): the certificate and key of tls: sockets, the CAs that servers we
+    # connect to must chain to (the system's when unset), and whether to check them at all.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    # HTTPS for the MI, /metrics and /events.
+    mi_tls_cert: str | None = None
+    mi_tls_key: str | None = None
 
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
@@ -81,7 +91,7 @@ HOST_NAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
 LIST_FIELDS = {"listen", "mi_allow", "webhook"}
-BOOL_FIELDS = {"bye_on_timeout"}
+BOOL_FIELDS = {"bye_on_timeout", "tls_verify"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
     "db_update_period",
@@ -117,8 +127,8 @@ def parse_socket(text: str) -> Socket:
     spec = spec.strip()
     proto, colon, rest = spec.partition(":")
     proto = proto.lower()
-    if not colon or proto not in ("udp", "tcp"):
-        raise ConfigError(f"--listen: expected udp:IP:PORT or tcp:IP:PORT, got {text!r}")
+    if not colon or proto not in TRANSPORTS:
+        raise ConfigError(f"--listen: expected udp:, tcp: or tls:IP:PORT, got {text!r}")
     host, port = split_host_port(rest, "--listen")
     try:
         address = ipaddress.ip_address(host)
@@ -152,7 +162,7 @@ def parse_next_hop(text: str) -> NextHop:
     """``[proto:]HOST:PORT``; without proto the inbound transport is kept."""
     proto: str | None = None
     head, sep, rest = text.partition(":")
-    if sep and head.lower() in ("udp", "tcp"):
+    if sep and head.lower() in TRANSPORTS:
         proto, text = head.lower(), rest
     host, port = split_host_port(text, "--next-hop")
     return NextHop(proto, host, port)
@@ -226,8 +236,13 @@ def load_settings(
 
 
 def validate(settings: Settings) -> None:
-    settings.sockets()
-    settings.next_hop_target()
+    sockets = settings.sockets()
+    hop = settings.next_hop_target()
+    if hop is not None and hop.proto and all(s.proto != hop.proto for s in sockets):
+        raise ConfigError(
+            f"--next-hop {settings.next_hop}: no {hop.proto} socket to send from; "
+            f"add --listen {hop.proto}:IP:PORT"
+        )
     settings.mi_address()
     if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):
         raise ConfigError("hash_size must be a power of two")

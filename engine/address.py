@@ -326,12 +326,47 @@ def _parse_via_slow(value: str) -> Via:
     return Via(transport.upper(), host, port, params)
 
 
+#: The transports a socket can have; the stream ones are framed by Content-Length and their
+#: connections are reused (a reply or in-dialog request goes back on the connection it
+#: belongs to).
+TRANSPORTS = frozenset({"udp", "tcp", "tls"})
+STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
+
+
+def is_stream(proto: str) -> bool:
+    """Whether ``proto`` (lower case) carries SIP over a connection: TCP, and TLS over TCP."""
+    return proto in STREAM_TRANSPORTS
+
+
+def is_sips(uri: str) -> bool:
+    return uri[:5].lower() == "sips:"
+
+
 def uri_target(uri: str, default_proto: str) -> tuple[str, str, int]:
-    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV)."""
+    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV).
+
+    A ``sips:`` URI goes over TLS (RFC 3261 §26.2; its ``;transport=tcp`` means TLS over TCP,
+    RFC 5630 §3.1.3), never over UDP or plain TCP.  TLS's default port is 5061."""
     u = parse_uri(uri)
     if u.scheme not in ("sip", "sips"):
         raise SipError(416, "Unsupported URI Scheme")
-    proto = u.transport or ("tcp" if u.scheme == "sips" else default_proto)
-    if proto not in ("udp", "tcp"):
+    if u.scheme == "sips":
+        if u.transport not in (None, "tcp", "tls"):
+            raise SipError(416, "Unsupported URI Scheme")
+        proto = "tls"
+    else:
+        proto = u.transport or default_proto
+    if proto not in TRANSPORTS:
         raise SipError(503, f"Unsupported transport {proto}")
-    return proto, u.host, u.port or 5060
+    return proto, u.host, u.port or (5061 if proto == "tls" else 5060)
+
+
+def hop_transport(ruri: str, configured: str | None, inbound: str) -> str:
+    """The transport to a fixed next hop: its own, else the inbound one.  A ``sips:``
+    Request-URI leaves over TLS on every hop (RFC 5630 §3.1.1 dropped the last-hop
+    exception): refused rather than downgraded when the next hop is UDP or TCP."""
+    if not is_sips(ruri):
+        return configured or inbound
+    if configured in (None, "tls"):
+        return "tls"
+    raise SipError(416, "Unsupported URI Scheme")

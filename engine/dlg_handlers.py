@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import dlg_ping, dlg_timer
-from .address import split_values, uri_target
+from .address import is_stream, split_values, uri_target
 from .dialog import Dialog, DlgEvent, DlgState, EndReason, Socket
 from .dlg_life import fail, terminate, transition
 from .message import ENCODING, ERRORS, SipError, SipMessage
@@ -244,6 +244,6 @@ def _send_on(
     uri = _uri_of(split_values(routes)[0]) if routes else msg.ruri
     proto, host, port = uri_target(uri, default.proto)
     out = eng.socket_for(proto, default, host)
-    if proto != "tcp":
+    if not is_stream(proto):
         conn = None
     eng.forward(msg, stx, out, host, port, conn, dlg, direction)

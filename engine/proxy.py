@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer
-from .address import parse_uri, split_values, uri_target
+from .address import TRANSPORTS, hop_transport, is_sips, parse_uri, split_values, uri_target
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Send, StateChanged
@@ -261,7 +261,11 @@ class Engine:
                 return s
         raise SipError(503, f"No {proto.upper()} IPv{family} socket")
 
-    def record_route(self, socket: Socket, did: str) -> str:
+    def record_route(self, socket: Socket, did: str, sips: bool = False) -> str:
+        """Our Record-Route entry for ``socket``; a sips URI for a TLS socket when the request
+        is for a sips URI (RFC 3261 §16.6 step 4), else sip with the transport named."""
+        if sips and socket.proto == "tls":
+            return f"<sips:{socket.hostport};lr;did={did}>"
         transport = "" if socket.proto == "udp" else f";transport={socket.proto}"
         return f"<sip:{socket.hostport}{transport};lr;did={did}>"
 
@@ -468,7 +472,7 @@ class Engine:
             raise SipError(503, "Service Unavailable")
         hop = self.config.next_hop
         if hop is not None:
-            proto = hop.proto or socket.proto
+            proto = hop_transport(msg.ruri, hop.proto, socket.proto)
             host, port = hop.host, hop.port
         else:
             if self.is_local_uri(msg.ruri):
@@ -482,9 +486,10 @@ class Engine:
                 stx.dialog = dlg
         if method in RECORD_ROUTED:
             did = dlg.did if dlg is not None else "0"
+            sips = is_sips(msg.ruri)
             if out is not socket:
-                msg.add_first("Record-Route", self.record_route(socket, did))
-            msg.add_first("Record-Route", self.record_route(out, did))
+                msg.add_first("Record-Route", self.record_route(socket, did, sips))
+            msg.add_first("Record-Route", self.record_route(out, did, sips))
         self.forward(msg, stx, out, host, port, None, dlg)
 
     def forward(
@@ -601,7 +606,9 @@ class Engine:
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
-        proto = via.transport.lower() if via.transport in ("UDP", "TCP") else "udp"
+        proto = via.transport.lower()
+        if proto not in TRANSPORTS:
+            proto = "udp"
         out = self.socket_for(proto, None, host)
         self.stats.fwd_replies += 1
         self.send(out, host, port, None, msg.to_bytes())

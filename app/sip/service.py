@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import logging
 import socket as socketlib
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -21,18 +22,29 @@ from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
 from ..observe.metrics import counter
 from ..store.persistence import COMMIT_INTERVAL, Persistence
-from .transport import TcpConnection, UdpEndpoint
+from ..tls import TlsContexts, load_tls
+from .transport import TcpConnection, UdpEndpoint, transport_error_reply
 
 log = logging.getLogger("sipdlg")
 
 UDP_BUFFER = 4 << 20
+#: Seconds a TLS peer has to finish its handshake, accepted or opened (asyncio's default: 60).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+#: Peers remembered for "logged once per peer and cause" (forgotten all at once beyond it).
+FAILURES_REMEMBERED = 10000
 
 
 class SipService:
     """Owns the engine and wires it to asyncio: feeds it bytes, flushes its outbox, ticks it."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop | None = None,
+        tls: TlsContexts | None = None,
+    ) -> None:
         self.settings = settings
+        self.tls = tls if tls is not None else load_tls(settings)
         self.loop = loop or asyncio.get_running_loop()
         self.version = VERSION
         self.revision: str | None = None
@@ -65,7 +77,10 @@ class SipService:
         self._udp: dict[int, asyncio.DatagramTransport] = {}
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._conns: dict[int, TcpConnection] = {}
-        self._conn_by_peer: dict[tuple[str, int], TcpConnection] = {}
+        #: Stream connections by (proto, peer address, peer port), for reuse.
+        self._conn_by_peer: dict[tuple[str, str, int], TcpConnection] = {}
+        #: Connection failures already logged: (proto, host, port) -> causes.
+        self._failures: dict[tuple[str, str, int], set[str]] = {}
         self._next_conn = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = float("inf")
@@ -94,8 +109,14 @@ class SipService:
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
             else:
+                tls = self.tls.server if sock.proto == "tls" else None
                 server = await self.loop.create_server(
-                    functools.partial(self._accept, sock), sock.host, sock.port, reuse_address=True
+                    functools.partial(self._accept, sock),
+                    sock.host,
+                    sock.port,
+                    reuse_address=True,
+                    ssl=tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
                 )
                 self._tcp_servers.append(server)
             log.info(
@@ -283,7 +304,9 @@ class SipService:
             self._literal[host] = hit
         return hit
 
-    def _send(self, item: Send) -> None:
+    def _send(self, item: Send, server_name: str | None = None) -> None:
+        """Write ``item``; ``server_name`` is the host name it was resolved from (TLS: SNI and
+        the name the certificate must carry)."""
         if not self._is_literal(item.host):
             self.loop.create_task(self._resolve_and_send(item))
             return
@@ -295,9 +318,9 @@ class SipService:
             return
         conn = self._conns.get(item.conn) if item.conn is not None else None
         if conn is None or conn.closed:
-            conn = self._conn_by_peer.get((item.host, item.port))
+            conn = self._conn_by_peer.get((sock.proto, item.host, item.port))
         if conn is None or conn.closed:
-            conn = self._connect(sock, item.host, item.port)
+            conn = self._connect(sock, item.host, item.port, server_name)
         conn.write(item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
@@ -308,9 +331,9 @@ class SipService:
             return
         if infos:
             address = infos[0][4][0]
-            self._send(item._replace(host=str(address)))
+            self._send(item._replace(host=str(address)), server_name=item.host)
 
-    # -- TCP ----------------------------------------------------------------------------------
+    # -- TCP and TLS --------------------------------------------------------------------------
 
     def _new_conn(self, sock: Socket) -> TcpConnection:
         self._next_conn += 1
@@ -319,24 +342,65 @@ class SipService:
     def _accept(self, sock: Socket) -> TcpConnection:
         return self._new_conn(sock)
 
-    def _connect(self, sock: Socket, host: str, port: int) -> TcpConnection:
+    def _connect(
+        self, sock: Socket, host: str, port: int, server_name: str | None = None
+    ) -> TcpConnection:
+        """Open a connection to ``host:port``; what is written meanwhile waits in the
+        connection.  A TLS server must present a certificate for ``server_name`` (the host
+        name the target was resolved from, also sent as SNI) or else for the address."""
         conn = self._new_conn(sock)
-        self._conn_by_peer[(host, port)] = conn
+        target = (sock.proto, host, port)
+        self._conn_by_peer[target] = conn
         self._conns[conn.conn_id] = conn
+        tls = self.tls.client if sock.proto == "tls" else None
 
         async def open_connection() -> None:
             try:
-                await self.loop.create_connection(lambda: conn, host, port)
-            except OSError as exc:
-                log.info("tcp connect to %s:%s failed: %s", host, port, exc)
-                conn.connection_lost(exc)
+                await self.loop.create_connection(
+                    lambda: conn,
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=(server_name or host) if tls else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
+                )
+            except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors too
+                self._connect_failed(conn, target, exc)
+            else:
+                self._failures.pop(target, None)
 
         self.loop.create_task(open_connection())
         return conn
 
+    def _connect_failed(
+        self, conn: TcpConnection, target: tuple[str, str, int], exc: OSError
+    ) -> None:
+        """A connection we opened never came up: refused, unreachable, or TLS refused (a
+        certificate that does not verify, a handshake that fails or times out).
+
+        Logged at WARNING once per peer and cause (again after the peer was reachable).
+        Each request waiting on it is answered as if the peer had sent a 503, the cause in
+        a Reason header (RFC 3261 §16.9: a transport error counts as a 503): the caller
+        hears at once instead of after Timer B's 32 s."""
+        cause = failure_cause(exc)
+        causes = self._failures.setdefault(target, set())
+        if cause not in causes:
+            if len(self._failures) > FAILURES_REMEMBERED:
+                self._failures.clear()
+                self._failures[target] = causes
+            causes.add(cause)
+            proto, host, port = target
+            log.warning("%s connection to %s:%s failed: %s", proto, host, port, cause)
+        pending = conn.take_pending()
+        conn.connection_lost(exc)
+        for data in pending:
+            reply = transport_error_reply(data, cause)
+            if reply is not None:
+                self.feed(reply, conn.socket, (target[1], target[2]), None)
+
     def tcp_opened(self, conn: TcpConnection) -> None:
         self._conns[conn.conn_id] = conn
-        self._conn_by_peer[conn.peer] = conn
+        self._conn_by_peer[(conn.socket.proto, *conn.peer)] = conn
         self.engine.stream_opened()
 
     def tcp_closed(self, conn: TcpConnection) -> None:
@@ -354,6 +418,17 @@ class SipService:
             for conn in list(self._conns.values()):
                 if conn.last_active < cutoff:
                     conn.close()
+
+
+def failure_cause(exc: OSError) -> str:
+    """Why a connection failed, in words fit for a log line and a Reason header."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc)
 
 
 def _bind_udp(sock: Socket) -> socketlib.socket:

@@ -1,18 +1,20 @@
-"""asyncio transports around the engine: UDP endpoints and TCP connections (both directions).
+"""asyncio transports around the engine: UDP endpoints and stream connections, TCP or TLS
+(asyncio's TLS transport hands the same protocol the decrypted bytes), in both directions.
 
 Thin on purpose: bytes in go to :meth:`SipService.feed`, bytes out come from the engine's outbox.
-A TCP peer's garbage closes only that peer's connection.
+A stream peer's garbage closes only that peer's connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from typing import TYPE_CHECKING
 
 from engine.dialog import Socket
 from engine.framing import StreamFramer
-from engine.message import SipError
+from engine.message import ENCODING, ERRORS, SipError, parse
 
 if TYPE_CHECKING:
     from .service import SipService
@@ -38,7 +40,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection, accepted or opened by us; framed by Content-Length."""
+    """One TCP or TLS connection, accepted or opened by us; framed by Content-Length."""
 
     def __init__(self, service: SipService, socket: Socket, conn_id: int) -> None:
         self.service = service
@@ -66,7 +68,9 @@ class TcpConnection(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
-            log.info("tcp %s:%s: %s; closing", self.peer[0], self.peer[1], exc.reason)
+            log.info(
+                "%s %s:%s: %s; closing", self.socket.proto, self.peer[0], self.peer[1], exc.reason
+            )
             self.service.engine.stream_error()
             self.close()
             return
@@ -80,6 +84,12 @@ class TcpConnection(asyncio.Protocol):
             self.transport.write(data)
             self.last_active = self.service.loop.time()
 
+    def take_pending(self) -> list[bytes]:
+        """What was written before the connection came up (it never did: see the service's
+        ``_connect_failed``)."""
+        pending, self.pending = self.pending, []
+        return pending
+
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.close()
@@ -87,3 +97,28 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.service.tcp_closed(self)
+
+
+#: The headers a reply copies from its request (RFC 3261 §8.2.6.2).
+_REPLY_HEADERS = ("via", "from", "to", "call-id", "cseq")
+
+
+def transport_error_reply(request: bytes, cause: str) -> bytes | None:
+    """The 503 a request that could not be sent counts as having received (RFC 3261 §8.1.3.1,
+    §16.9), with the cause in a ``Reason`` header (RFC 3326); None for a response or an ACK,
+    which get no reply."""
+    if request[:4] == b"SIP/" or request[:4] == b"ACK ":
+        return None
+    try:
+        msg = parse(request, stream=True)
+    except SipError:
+        return None
+    lines = ["SIP/2.0 503 Service Unavailable"]
+    for key, raw, value in msg.headers:
+        if key in _REPLY_HEADERS:
+            if key == "to" and ";tag=" not in value.lower():
+                raw = f"{raw};tag=te{zlib.crc32(request):x}"
+            lines.append(raw)
+    text = cause.replace('"', "'")
+    lines += [f'Reason: SIP;cause=503;text="{text}"', "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode(ENCODING, ERRORS)
