@@ -46,8 +46,10 @@ def take_messages(buffer: bytearray) -> list[bytes]:
 class Peer:
     """One SIP transport end: a TLS or TCP connection, or a UDP socket with one remote."""
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, record: bool = True) -> None:
         self.transport = transport  # "TLS", "TCP" or "UDP", as Via writes it
+        #: Keep every message in ``received`` (tests look at them; benchmarks do not).
+        self.record = record
         self.local: tuple[str, int] = ("", 0)
         self.inbox: asyncio.Queue[SipMessage | None] = asyncio.Queue()
         self.received: list[SipMessage] = []
@@ -56,7 +58,8 @@ class Peer:
 
     def _deliver(self, data: bytes) -> None:
         msg = SipMessage(data.decode("utf-8", "replace"), transport=self.transport)
-        self.received.append(msg)
+        if self.record:
+            self.received.append(msg)
         self.inbox.put_nowait(msg)
 
     def send(self, text: str) -> None:
@@ -121,15 +124,16 @@ async def connect(
     *,
     udp: bool = False,
     server_hostname: str | None = None,
+    record: bool = True,
 ) -> Peer:
     """A peer talking to ``host:port``: TLS with ``tls``, else TCP, or UDP with ``udp``."""
     loop = asyncio.get_running_loop()
     if udp:
-        peer = Peer("UDP")
+        peer = Peer("UDP", record)
         peer._remote = (host, port)
         await loop.create_datagram_endpoint(lambda: _DatagramProtocol(peer), local_addr=(host, 0))
         return peer
-    peer = Peer("TLS" if tls else "TCP")
+    peer = Peer("TLS" if tls else "TCP", record)
     await loop.create_connection(
         lambda: _StreamProtocol(peer),
         host,
@@ -248,13 +252,18 @@ async def _answer_forever(peer: Peer) -> None:
 
 
 async def serve_uas(
-    host: str, port: int, tls: ssl.SSLContext | None = None, *, udp: bool = False
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None = None,
+    *,
+    udp: bool = False,
+    record: bool = True,
 ) -> Uas:
     """Start a callee on ``host:port`` (TLS with ``tls``, else TCP; UDP with ``udp``)."""
     loop = asyncio.get_running_loop()
     uas = Uas(port=port)
     if udp:
-        peer = Peer("UDP")
+        peer = Peer("UDP", record)
 
         class Reply(_DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -273,7 +282,7 @@ async def serve_uas(
         tls.sni_callback = record_sni  # type: ignore[assignment]
 
     def accept() -> _StreamProtocol:
-        peer = Peer("TLS" if tls else "TCP")
+        peer = Peer("TLS" if tls else "TCP", record)
         uas.peers.append(peer)
         loop.create_task(_answer_forever(peer))
         return _StreamProtocol(peer)
