@@ -451,5 +451,15 @@ def test_mi_over_https(sipdlg_server: Server, pki: Pki, tmp_path: Path) -> None:
     from opensips.mi import OpenSIPSMI
 
     assert OpenSIPSMI("http", url=url).execute("dlg_list", {}) == {"Dialogs": []}
+    cli = shutil.which("opensips-cli", path=str(Path(sys.executable).parent))
+    if cli is not None:
+        out = subprocess.run(
+            [cli, "-o", "communication_type=http", "-o", f"url={url}", "-x", "mi", "dlg_list"],
+            env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(out.stdout) == {"Dialogs": []}, out.stderr
     with pytest.raises(mi_client.MiCallError):  # plain HTTP to an HTTPS port
         mi_client.call(f"http://{server.mi_listen}/mi", "dlg_list", timeout=5)
