@@ -13,9 +13,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from engine.address import TRANSPORTS
 from engine.dialog import Socket
-from engine.proxy import NextHop
+from engine.dispatcher import Destination, parse_destination
+from engine.locator import TRANSPORTS
 
 
 class ConfigError(ValueError):
@@ -25,7 +25,17 @@ class ConfigError(ValueError):
 @dataclass
 class Settings:
     listen: list[str] = field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
-    next_hop: str | None = None
+    #: Next hops of initial requests, tried in order of priority (OpenSIPS's dispatcher):
+    #: ``[proto:]HOST[:PORT][;priority=N][;weight=N]``; a name without port is found by SRV.
+    next_hop: list[str] = field(default_factory=list)
+    #: Without a next hop, the networks and domains a Request-URI may send a request to.
+    relay_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    #: Seconds without any answer before a silent next hop is skipped for the next one.
+    fr_timeout: int = 5
+    #: Seconds between OPTIONS probes of the next hops (0: off; OpenSIPS's default is 10).
+    probe_interval: int = 0
+    #: DNS servers for RFC 3263 routing, ``IP[:PORT]`` (default: /etc/resolv.conf's).
+    dns_servers: list[str] = field(default_factory=list)
     mi_listen: str = "127.0.0.1:8888"
     mi_token: str | None = None
     mi_allow: list[str] = field(default_factory=list)
@@ -69,8 +79,22 @@ class Settings:
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
 
-    def next_hop_target(self) -> NextHop | None:
-        return parse_next_hop(self.next_hop) if self.next_hop else None
+    def destinations(self) -> list[Destination]:
+        return [parse_next_hop(text) for text in self.next_hop]
+
+    def dns_server_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for text in self.dns_servers:
+            if text.rpartition(":")[2].isdigit() and (text.count(":") == 1 or "]" in text):
+                out.append(split_host_port(text, "dns_servers"))
+            else:
+                out.append((text.strip("[]"), 53))
+        for host, _ in out:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"dns_servers: {host!r} is not an IP address") from None
+        return out
 
     def stores_changes(self) -> bool:
         """Whether dialog changes are written as they happen (a database, not ``shutdown``
@@ -90,10 +114,12 @@ class Settings:
 HOST_NAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
-LIST_FIELDS = {"listen", "mi_allow", "webhook"}
+LIST_FIELDS = {"listen", "mi_allow", "webhook", "next_hop", "relay_allow", "dns_servers"}
 BOOL_FIELDS = {"bye_on_timeout", "tls_verify"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "fr_timeout",
+    "probe_interval",
     "db_update_period",
     "ended_retention",
     "ping_interval",
@@ -158,14 +184,12 @@ def parse_socket(text: str) -> Socket:
     return Socket(proto, host, port, adv_host.lower(), adv_port)
 
 
-def parse_next_hop(text: str) -> NextHop:
-    """``[proto:]HOST:PORT``; without proto the inbound transport is kept."""
-    proto: str | None = None
-    head, sep, rest = text.partition(":")
-    if sep and head.lower() in TRANSPORTS:
-        proto, text = head.lower(), rest
-    host, port = split_host_port(text, "--next-hop")
-    return NextHop(proto, host, port)
+def parse_next_hop(text: str) -> Destination:
+    """``[proto:]HOST[:PORT][;priority=N][;weight=N]`` or a ``sip:`` URI."""
+    try:
+        return parse_destination(text)
+    except ValueError as exc:
+        raise ConfigError(f"--next-hop: {exc}") from None
 
 
 def _listen_entry(value: Any) -> str:
@@ -181,9 +205,22 @@ def _listen_entry(value: Any) -> str:
     return str(value)
 
 
+def _next_hop_entry(value: Any) -> str:
+    """A TOML ``next_hop`` item: a string, or ``{target = "...", priority = N, weight = N}``."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"target", "priority", "weight"}
+        if unknown or "target" not in value:
+            raise ConfigError(f"next_hop: expected {{target, priority, weight}}, got {value!r}")
+        extra = "".join(f";{k}={value[k]}" for k in ("priority", "weight") if k in value)
+        return f"{value['target']}{extra}"
+    return str(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "listen" and isinstance(value, list):
         return [_listen_entry(v) for v in value]
+    if name == "next_hop" and isinstance(value, list):
+        return [_next_hop_entry(v) for v in value]
     if name in LIST_FIELDS:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
@@ -237,12 +274,15 @@ def load_settings(
 
 def validate(settings: Settings) -> None:
     sockets = settings.sockets()
-    hop = settings.next_hop_target()
-    if hop is not None and hop.proto and all(s.proto != hop.proto for s in sockets):
-        raise ConfigError(
-            f"--next-hop {settings.next_hop}: no {hop.proto} socket to send from; "
-            f"add --listen {hop.proto}:IP:PORT"
-        )
+    for hop in settings.destinations():
+        if hop.proto and all(s.proto != hop.proto for s in sockets):
+            raise ConfigError(
+                f"--next-hop {hop.uri}: no {hop.proto} socket to send from; "
+                f"add --listen {hop.proto}:IP:PORT"
+            )
+    settings.dns_server_addresses()
+    if settings.fr_timeout <= 0 or settings.probe_interval < 0:
+        raise ConfigError("fr_timeout must be positive, probe_interval not negative")
     settings.mi_address()
     if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):
         raise ConfigError("hash_size must be a power of two")

@@ -326,15 +326,13 @@ def _parse_via_slow(value: str) -> Via:
     return Via(transport.upper(), host, port, params)
 
 
-#: The transports a socket can have; the stream ones are framed by Content-Length and their
-#: connections are reused (a reply or in-dialog request goes back on the connection it
-#: belongs to).
-TRANSPORTS = frozenset({"udp", "tcp", "tls"})
+#: Transports that carry SIP over a connection: framed by Content-Length, and a reply or
+#: in-dialog request goes back on the connection it belongs to.
 STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
 
 
 def is_stream(proto: str) -> bool:
-    """Whether ``proto`` (lower case) carries SIP over a connection: TCP, and TLS over TCP."""
+    """Whether ``proto`` (lower case) is a stream: TCP, or TLS over TCP."""
     return proto in STREAM_TRANSPORTS
 
 
@@ -356,17 +354,6 @@ def uri_target(uri: str, default_proto: str) -> tuple[str, str, int]:
         proto = "tls"
     else:
         proto = u.transport or default_proto
-    if proto not in TRANSPORTS:
+    if proto != "udp" and not is_stream(proto):
         raise SipError(503, f"Unsupported transport {proto}")
     return proto, u.host, u.port or (5061 if proto == "tls" else 5060)
-
-
-def hop_transport(ruri: str, configured: str | None, inbound: str) -> str:
-    """The transport to a fixed next hop: its own, else the inbound one.  A ``sips:``
-    Request-URI leaves over TLS on every hop (RFC 5630 §3.1.1 dropped the last-hop
-    exception): refused rather than downgraded when the next hop is UDP or TCP."""
-    if not is_sips(ruri):
-        return configured or inbound
-    if configured in (None, "tls"):
-        return "tls"
-    raise SipError(416, "Unsupported URI Scheme")

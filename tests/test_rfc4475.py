@@ -38,7 +38,9 @@ def answer(*codes: int) -> tuple[str, frozenset[int]]:
 
 EXPECT: dict[str, tuple[tuple, ...]] = {
     # 3.1.1 valid
-    "wsinv": (("accept-routed",),),  # has a To-tag and a Route: loose-routed to that Route
+    # Parsed whole, but a To-tag for no dialog of ours with a foreign Route: refused, never
+    # relayed to the host the message names (no open relay; OpenSIPS answers 404 too).
+    "wsinv": (answer(404),),
     "intmeth": (FORWARD,),
     "esc01": (FORWARD,),
     "escnull": (FORWARD,),
@@ -275,12 +277,6 @@ def _matches(name: str, data: bytes, seen: Seen, outcome: tuple) -> str | None:
             got = [m.start_line for m in seen.at_client + seen.at_hop]
             return f"expected silence, got {got}"
         return None
-    if kind == "accept-routed":
-        if own:
-            return f"proxy answered {own[0].start_line!r}"
-        if not any(m.status == 100 for m in seen.at_client):
-            return "no 100 Trying: INVITE not accepted"
-        return None
     raise AssertionError(kind)
 
 
@@ -290,9 +286,7 @@ def _done(outcomes: tuple[tuple, ...]) -> Callable[[Seen], bool]:
     def until(seen: Seen) -> bool:
         if "forward" in kinds and seen.at_hop:
             return True
-        if "answer" in kinds and _proxy_answers(seen):
-            return True
-        return "accept-routed" in kinds and any(m.status == 100 for m in seen.at_client)
+        return "answer" in kinds and bool(_proxy_answers(seen))
 
     return until
 

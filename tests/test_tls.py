@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import pytest
 import trustme
 from helpers import LOOPBACK, REPO_ROOT, SipdlgProcess, Sipp, free_port
@@ -26,10 +30,11 @@ from helpers.sip_peer import Call, Uas, connect, serve_uas
 from app.config import ConfigError, Settings, load_settings
 from app.mi import client as mi_client
 from app.tls import load_tls
-from engine.address import hop_transport, is_stream, uri_target
+from engine.address import is_stream, uri_target
 from engine.dialog import Socket
+from engine.dispatcher import parse_destination
 from engine.message import SipError
-from engine.proxy import Engine
+from engine.proxy import Engine, EngineConfig
 
 Server = Callable[..., SipdlgProcess]
 SippFactory = Callable[..., Sipp]
@@ -76,7 +81,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     mine = ca.issue_cert("127.0.0.1", "localhost", "sipdlg.test")
     mine.cert_chain_pems[0].write_to_path(str(folder / "sipdlg.pem"))
     mine.private_key_pem.write_to_path(str(folder / "sipdlg.key"))
-    uas = ca.issue_cert("127.0.0.1", "localhost")
+    uas = ca.issue_cert("127.0.0.1", "localhost", "uas.sipdlg.test")
     rogue = trustme.CA().issue_cert("127.0.0.1", "localhost")
     return Pki(ca, folder / "ca.pem", folder / "sipdlg.pem", folder / "sipdlg.key", uas, rogue)
 
@@ -115,10 +120,39 @@ def test_streams_and_sips_targets() -> None:
     with pytest.raises(SipError) as err:
         uri_target("sips:bob@10.0.0.1;transport=udp", "udp")
     assert err.value.status == 416
-    assert hop_transport("sips:bob@h", None, "udp") == "tls"
-    assert hop_transport("sip:bob@h", None, "udp") == "udp"
-    with pytest.raises(SipError):
-        hop_transport("sips:bob@h", "udp", "tls")  # never downgraded
+
+
+def sips_invite(transport: str = "UDP") -> bytes:
+    return (
+        "INVITE sips:bob@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 192.0.2.9:5060;branch=z9hG4bK-sips\r\n"
+        "From: <sips:alice@example.com>;tag=a\r\nTo: <sips:bob@example.com>\r\n"
+        "Call-ID: sips-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        "Contact: <sips:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "next_hop,expected",
+    [("192.0.2.7:5061", "tls"), ("tls:192.0.2.7:5061", "tls"), ("udp:192.0.2.7:5060", 416)],
+)
+def test_sips_request_to_next_hop_never_downgraded(next_hop: str, expected: object) -> None:
+    """A next hop without a transport is reached over TLS for a sips Request-URI; one
+    configured for UDP or TCP refuses the request (416) rather than downgrade it."""
+    udp, tls = Socket("udp", "192.0.2.1", 5060), Socket("tls", "192.0.2.1", 5061)
+    engine = Engine([udp, tls], EngineConfig(next_hops=[parse_destination(next_hop)]))
+    engine.receive(sips_invite(), udp, ("192.0.2.9", 5060), None, 0.0)
+    sends = engine.take_sends()
+    if expected == 416:
+        assert [s.data.split(b"\r\n", 1)[0] for s in sends] == [
+            b"SIP/2.0 100 Trying",
+            b"SIP/2.0 416 Unsupported URI Scheme",
+        ]
+        return
+    invite = next(s for s in sends if s.data.startswith(b"INVITE"))
+    assert invite.socket is tls and (invite.host, invite.port) == ("192.0.2.7", 5061)
+    assert b"Record-Route: <sips:192.0.2.1:5061;lr;did=" in invite.data
+    assert b"<sip:192.0.2.1:5060;lr;did=" in invite.data  # the UDP side stays sip
 
 
 def test_record_route_names_tls() -> None:
@@ -150,7 +184,7 @@ def test_tls_settings_from_toml_environment_and_cli(tmp_path: Path) -> None:
     tls = settings.sockets()[0]
     assert (tls.proto, tls.hostport) == ("tls", "203.0.113.5:5061")
     hop = load_settings({"next_hop": "tls:[::1]:5061", "listen": ["tls:[::1]:5061"]}, None, {})
-    assert hop.next_hop_target() is not None
+    assert [d.proto for d in hop.destinations()] == ["tls"]
     with pytest.raises(ConfigError, match="no tls socket"):
         load_settings({"next_hop": "tls:127.0.0.1:5061"}, None, {})
 
@@ -322,18 +356,53 @@ async def test_sips_request_leaves_over_tls_with_sips_record_route(
     uas.close()
 
 
+class Zone(asyncio.DatagramProtocol):
+    """A DNS server on loopback answering A queries for the names in ``zone``."""
+
+    def __init__(self, zone: dict[str, str]) -> None:
+        self.zone = zone
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        reply = dns.message.make_response(query)
+        question = query.question[0]
+        address = self.zone.get(question.name.to_text(omit_final_dot=True).lower())
+        if address is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif question.rdtype == dns.rdatatype.A:
+            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", address))
+        assert self.transport is not None
+        self.transport.sendto(reply.to_wire(), addr)
+
+
 async def test_sni_names_the_next_hop(sipdlg_server: Server, pki: Pki) -> None:
     """A next hop given by name gets that name as SNI, and its certificate is checked
-    against the name."""
+    against the name (the engine only hands the shell the address DNS gave)."""
+    dns_port = free_port("udp")
+    loop = asyncio.get_running_loop()
+    zone = {"uas.sipdlg.test": LOOPBACK}
+    dns_server, _ = await loop.create_datagram_endpoint(
+        lambda: Zone(zone), local_addr=(LOOPBACK, dns_port)
+    )
     uas_port = free_port("tcp")
     uas = await serve_uas(LOOPBACK, uas_port, pki.uas_server())
-    server, _ = await tls_server(sipdlg_server, pki, f"tls:localhost:{uas_port}")
+    server, _ = await tls_server(
+        sipdlg_server,
+        pki,
+        f"tls:uas.sipdlg.test:{uas_port}",
+        dns_server=f"{LOOPBACK}:{dns_port}",
+    )
     caller = await connect(LOOPBACK, server.port, udp=True)
-    call = Call(caller, f"sip:callee@localhost:{uas_port}")
+    call = Call(caller, f"sip:callee@uas.sipdlg.test:{uas_port}")
     assert (await call.invite()).status == 200
-    assert uas.server_names == ["localhost"]
+    assert uas.server_names == ["uas.sipdlg.test"]
     caller.close()
     uas.close()
+    dns_server.close()
 
 
 async def test_verification_off_accepts_any_certificate(sipdlg_server: Server, pki: Pki) -> None:
@@ -389,13 +458,9 @@ async def test_untrusted_next_hop_refused_with_503(
     replies = [m for m in result.messages() if m.status == 503]
     assert replies and "certificate" in (replies[0].header("reason") or "")
     assert uas.received() == []
-    warnings = [
-        line
-        for line in server.log_text().splitlines()
-        if " WARNING " in line and f"127.0.0.1:{uas_port}" in line
-    ]
-    assert len(warnings) == 1, warnings
-    assert "TLS certificate not accepted: unable to get local issuer certificate" in warnings[0]
+    cause = f"127.0.0.1:{uas_port}: tls: TLS certificate not accepted: unable to get local issuer"
+    warnings = [line for line in server.log_text().splitlines() if cause in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0], server.log_tail()
     uas.close()
 
 

@@ -11,27 +11,39 @@ import ssl
 import time
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.dialog import Dialog, Socket
-from engine.events import DialogChanged, Send, StateChanged
+from engine.dispatcher import DsState
+from engine.events import (
+    DestinationChanged,
+    DialogChanged,
+    DialogEnded,
+    Resolve,
+    Send,
+    StateChanged,
+)
+from engine.locator import Query
 from engine.proxy import VERSION, Engine, EngineConfig
 
 from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
-from ..observe.metrics import counter
+from ..observe.metrics import counter, gauge
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from ..tls import TlsContexts, load_tls
-from .transport import TcpConnection, UdpEndpoint, transport_error_reply
+from .resolver import FAILURE_TTL, Resolver
+from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
 
 UDP_BUFFER = 4 << 20
+#: Linux: report ICMP errors (port or host unreachable) on unconnected UDP sockets, with the
+#: address they concern, so that a dead next hop fails over at once (ip(7), ipv6(7)).
+IP_RECVERR = getattr(socketlib, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socketlib, "IPV6_RECVERR", 25)
 #: Seconds a TLS peer has to finish its handshake, accepted or opened (asyncio's default: 60).
 TLS_HANDSHAKE_TIMEOUT = 10.0
-#: Peers remembered for "logged once per peer and cause" (forgotten all at once beyond it).
-FAILURES_REMEMBERED = 10000
 
 
 class SipService:
@@ -50,7 +62,10 @@ class SipService:
         self.revision: str | None = None
         self.started_at = time.time()
         config = EngineConfig(
-            next_hop=settings.next_hop_target(),
+            next_hops=settings.destinations(),
+            relay_allow=tuple(settings.relay_allow),
+            fr_timeout=float(settings.fr_timeout),
+            probe_interval=float(settings.probe_interval),
             default_timeout=settings.default_timeout,
             hash_size=settings.hash_size,
             max_message_size=settings.max_message_size,
@@ -64,6 +79,15 @@ class SipService:
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
+        self.resolver = Resolver(
+            settings.dns_server_addresses(),
+            transports={s.proto for s in self.sockets},
+            families={s.family for s in self.sockets},
+        )
+        #: The host name each TLS target address was resolved from (SNI, certificate check).
+        self._server_names: dict[tuple[str, int], str] = {}
+        #: When each (peer, cause) of a transport error was last logged: once a minute each.
+        self._warned: dict[tuple[str, int, str], float] = {}
         # Ended-call records, events (SSE, webhooks), metrics: app/observe/lifecycle.py.
         self.lifecycle = Lifecycle(
             self,
@@ -79,8 +103,6 @@ class SipService:
         self._conns: dict[int, TcpConnection] = {}
         #: Stream connections by (proto, peer address, peer port), for reuse.
         self._conn_by_peer: dict[tuple[str, str, int], TcpConnection] = {}
-        #: Connection failures already logged: (proto, host, port) -> causes.
-        self._failures: dict[tuple[str, str, int], set[str]] = {}
         self._next_conn = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = float("inf")
@@ -104,8 +126,9 @@ class SipService:
             expired = self.db.restore(self.loop.time())[1]
         for sock in self.sockets:
             if sock.proto == "udp":
+                udp = _bind_udp(sock)
                 transport, _ = await self.loop.create_datagram_endpoint(
-                    functools.partial(UdpEndpoint, self, sock), sock=_bind_udp(sock)
+                    functools.partial(UdpEndpoint, self, sock, udp), sock=udp
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
             else:
@@ -190,9 +213,62 @@ class SipService:
                     db.note_change(event.dialog, event.state_only)
             elif type(event) is StateChanged:
                 life.state_changed(event)
-            else:
+            elif type(event) is DialogEnded:
                 life.ended(event.dialog)
+            elif type(event) is Resolve:
+                self.loop.create_task(self._resolve(event.query))
+            elif type(event) is DestinationChanged:
+                if event.state == DsState.ACTIVE:
+                    log.info("next hop %s is up", event.uri)
+                else:
+                    log.warning("next hop %s is down: %s", event.uri, event.reason)
         return changed
+
+    async def _resolve(self, query: Query) -> None:
+        """Answer the engine's DNS question (RFC 3263) without blocking the loop."""
+        try:
+            targets, ttl = await self.resolver.locate(query)
+        except Exception as exc:  # a resolver bug or an odd answer: a failed lookup
+            log.warning("DNS lookup of %s failed: %s", query.host, exc)
+            targets, ttl = [], FAILURE_TTL
+        if not targets:
+            self._warn(query.host, 0, "DNS: no address")
+        for target in targets:
+            if target.proto == "tls":  # its certificate must name the domain (RFC 5922 §4)
+                self._remember_server_name(target.host, target.port, query.host)
+        try:
+            self.engine.resolved(query, targets, ttl, self.loop.time())
+        except Exception:
+            log.exception("error resuming requests for %s", query.host)
+            self.internal_errors += 1
+        self.flush()
+
+    def _remember_server_name(self, address: str, port: int, name: str) -> None:
+        """The name a TLS target was found by: sent as SNI and checked in its certificate
+        when the engine's Send names only the address."""
+        if len(self._server_names) > 10000:
+            self._server_names.clear()
+        self._server_names[(address, port)] = name
+
+    def transport_error(self, proto: str, host: str, port: int, cause: str) -> None:
+        """Nothing can reach ``proto:host:port``: the engine fails over at once."""
+        self._warn(host, port, f"{proto}: {cause}")
+        try:
+            self.engine.transport_error(proto, host, port, cause, self.loop.time())
+        except Exception:
+            log.exception("error handling a transport error for %s:%s", host, port)
+            self.internal_errors += 1
+        self.flush()
+
+    def _warn(self, host: str, port: int, cause: str) -> None:
+        """One WARNING per peer and cause a minute, however many messages meet it."""
+        now = self.loop.time()
+        key = (host, port, cause)
+        if now - self._warned.get(key, -60.0) >= 60.0:
+            if len(self._warned) > 1000:
+                self._warned.clear()
+            self._warned[key] = now
+            log.warning("%s%s: %s", host, f":{port}" if port else "", cause)
 
     def metrics(self) -> Iterator[Metric]:
         """The service's part of ``/metrics``."""
@@ -200,6 +276,28 @@ class SipService:
             "sipdlg_internal_errors",
             "Messages and timer runs that raised inside the engine (a bug: see the log)",
             self.internal_errors,
+        )
+        dispatcher = self.engine.dispatcher
+        if dispatcher is not None:
+            up = GaugeMetricFamily(
+                "sipdlg_next_hop_up",
+                "1 while a next hop is Active, 0 while Probing or Inactive (ds_list)",
+                labels=["uri"],
+            )
+            hits = CounterMetricFamily(
+                "sipdlg_next_hop_first_hits",
+                "Requests that chose a next hop first (ds_list first_hit_counter)",
+                labels=["uri"],
+            )
+            for d in dispatcher.destinations:
+                up.add_metric([d.uri], 1.0 if d.state == DsState.ACTIVE else 0.0)
+                hits.add_metric([d.uri], d.first_hit_counter)
+            yield up
+            yield hits
+        yield gauge(
+            "sipdlg_dns_waiting_queries",
+            "DNS queries (RFC 3263) that requests are waiting for",
+            self.engine.locator.pending(),
         )
 
     # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
@@ -226,6 +324,12 @@ class SipService:
         self.db.expire(expired, self.loop.time())
         self.flush()
         return len(restored)
+
+    def set_destination_state(self, address: str, state: str) -> bool:
+        """MI ``ds_set_state``."""
+        ok = self.engine.set_destination_state(address, state, self.loop.time())
+        self.flush()
+        return ok
 
     def _release(self, items: list[Send]) -> None:
         """Messages whose dialog changes are committed (realtime persistence)."""
@@ -320,18 +424,17 @@ class SipService:
         if conn is None or conn.closed:
             conn = self._conn_by_peer.get((sock.proto, item.host, item.port))
         if conn is None or conn.closed:
+            if server_name is None and sock.proto == "tls":
+                server_name = self._server_names.get((item.host, item.port))
             conn = self._connect(sock, item.host, item.port, server_name)
         conn.write(item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
-        try:
-            infos = await self.loop.getaddrinfo(item.host, item.port, type=2)
-        except OSError as exc:
-            log.info("cannot resolve %s: %s", item.host, exc)
+        address = await self.resolver.address(item.host)
+        if address is None:
+            self.transport_error(item.socket.proto, item.host, item.port, "DNS: no address")
             return
-        if infos:
-            address = infos[0][4][0]
-            self._send(item._replace(host=str(address)), server_name=item.host)
+        self._send(item._replace(host=address), server_name=item.host)
 
     # -- TCP and TLS --------------------------------------------------------------------------
 
@@ -347,10 +450,12 @@ class SipService:
     ) -> TcpConnection:
         """Open a connection to ``host:port``; what is written meanwhile waits in the
         connection.  A TLS server must present a certificate for ``server_name`` (the host
-        name the target was resolved from, also sent as SNI) or else for the address."""
+        name the target was resolved from, also sent as SNI) or else for the address.  A
+        connection that does not come up (refused, or TLS refused: a certificate that does
+        not verify, a handshake that fails or times out) is a transport error: the engine
+        fails over or answers 503 at once."""
         conn = self._new_conn(sock)
-        target = (sock.proto, host, port)
-        self._conn_by_peer[target] = conn
+        self._conn_by_peer[(sock.proto, host, port)] = conn
         self._conns[conn.conn_id] = conn
         tls = self.tls.client if sock.proto == "tls" else None
 
@@ -365,38 +470,11 @@ class SipService:
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
                 )
             except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors too
-                self._connect_failed(conn, target, exc)
-            else:
-                self._failures.pop(target, None)
+                conn.connection_lost(exc)
+                self.transport_error(sock.proto, host, port, failure_cause(exc))
 
         self.loop.create_task(open_connection())
         return conn
-
-    def _connect_failed(
-        self, conn: TcpConnection, target: tuple[str, str, int], exc: OSError
-    ) -> None:
-        """A connection we opened never came up: refused, unreachable, or TLS refused (a
-        certificate that does not verify, a handshake that fails or times out).
-
-        Logged at WARNING once per peer and cause (again after the peer was reachable).
-        Each request waiting on it is answered as if the peer had sent a 503, the cause in
-        a Reason header (RFC 3261 §16.9: a transport error counts as a 503): the caller
-        hears at once instead of after Timer B's 32 s."""
-        cause = failure_cause(exc)
-        causes = self._failures.setdefault(target, set())
-        if cause not in causes:
-            if len(self._failures) > FAILURES_REMEMBERED:
-                self._failures.clear()
-                self._failures[target] = causes
-            causes.add(cause)
-            proto, host, port = target
-            log.warning("%s connection to %s:%s failed: %s", proto, host, port, cause)
-        pending = conn.take_pending()
-        conn.connection_lost(exc)
-        for data in pending:
-            reply = transport_error_reply(data, cause)
-            if reply is not None:
-                self.feed(reply, conn.socket, (target[1], target[2]), None)
 
     def tcp_opened(self, conn: TcpConnection) -> None:
         self._conns[conn.conn_id] = conn
@@ -427,8 +505,8 @@ def failure_cause(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, TimeoutError):
-        return "timed out"
-    return exc.strerror or str(exc)
+        return "connect: timed out"
+    return f"connect: {exc.strerror or exc}"
 
 
 def _bind_udp(sock: Socket) -> socketlib.socket:
@@ -440,6 +518,9 @@ def _bind_udp(sock: Socket) -> socketlib.socket:
     try:
         if family == socketlib.AF_INET6:
             udp.setsockopt(socketlib.IPPROTO_IPV6, socketlib.IPV6_V6ONLY, 1)
+            udp.setsockopt(socketlib.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        else:
+            udp.setsockopt(socketlib.IPPROTO_IP, IP_RECVERR, 1)
         _grow_buffers(udp)
         udp.bind((sock.host, sock.port))
     except OSError as exc:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
+import socket as socketlib
 from typing import TYPE_CHECKING
 
 from engine.dialog import Socket
 from engine.framing import StreamFramer
-from engine.message import ENCODING, ERRORS, SipError, parse
+from engine.message import SipError
 
 if TYPE_CHECKING:
     from .service import SipService
@@ -23,9 +23,11 @@ log = logging.getLogger("sipdlg.transport")
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, service: SipService, socket: Socket) -> None:
+    def __init__(self, service: SipService, socket: Socket, raw: socketlib.socket) -> None:
         self.service = service
         self.socket = socket
+        #: The bound socket itself, whose error queue says which peer an ICMP error is about.
+        self.raw = raw
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -35,8 +37,15 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.service.feed(data, self.socket, (addr[0], addr[1]), None)
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the transaction timers deal with the loss.
-        log.debug("udp %s: %s", self.socket, exc)
+        """ICMP port or host unreachable: read which destination it concerns from the error
+        queue (IP_RECVERR) and let the engine fail over instead of retransmitting for 32 s."""
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        for _ in range(64):
+            try:
+                _, _, _, addr = self.raw.recvmsg(512, 512, socketlib.MSG_ERRQUEUE)
+            except OSError:
+                return
+            self.service.transport_error(self.socket.proto, addr[0], addr[1], cause)
 
 
 class TcpConnection(asyncio.Protocol):
@@ -84,12 +93,6 @@ class TcpConnection(asyncio.Protocol):
             self.transport.write(data)
             self.last_active = self.service.loop.time()
 
-    def take_pending(self) -> list[bytes]:
-        """What was written before the connection came up (it never did: see the service's
-        ``_connect_failed``)."""
-        pending, self.pending = self.pending, []
-        return pending
-
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.close()
@@ -97,28 +100,3 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.service.tcp_closed(self)
-
-
-#: The headers a reply copies from its request (RFC 3261 §8.2.6.2).
-_REPLY_HEADERS = ("via", "from", "to", "call-id", "cseq")
-
-
-def transport_error_reply(request: bytes, cause: str) -> bytes | None:
-    """The 503 a request that could not be sent counts as having received (RFC 3261 §8.1.3.1,
-    §16.9), with the cause in a ``Reason`` header (RFC 3326); None for a response or an ACK,
-    which get no reply."""
-    if request[:4] == b"SIP/" or request[:4] == b"ACK ":
-        return None
-    try:
-        msg = parse(request, stream=True)
-    except SipError:
-        return None
-    lines = ["SIP/2.0 503 Service Unavailable"]
-    for key, raw, value in msg.headers:
-        if key in _REPLY_HEADERS:
-            if key == "to" and ";tag=" not in value.lower():
-                raw = f"{raw};tag=te{zlib.crc32(request):x}"
-            lines.append(raw)
-    text = cause.replace('"', "'")
-    lines += [f'Reason: SIP;cause=503;text="{text}"', "Content-Length: 0", "", ""]
-    return "\r\n".join(lines).encode(ENCODING, ERRORS)
