@@ -79,6 +79,9 @@ class Settings:
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
 
+    def has_wildcard_listen(self) -> bool:
+        return any(s.host in ("0.0.0.0", "::") for s in self.sockets())
+
     def destinations(self) -> list[Destination]:
         return [parse_next_hop(text) for text in self.next_hop]
 

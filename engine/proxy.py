@@ -51,6 +51,8 @@ class EngineConfig:
     fr_timeout: float = 5.0
     #: Seconds between OPTIONS probes of the next hops (0: only calls find them up again).
     probe_interval: float = 0.0
+    #: Further addresses that are this host (what a wildcard socket receives on).
+    local_hosts: tuple[str, ...] = ()
     default_timeout: int = 43200
     hash_size: int = 4096
     max_message_size: int = 65536
@@ -99,9 +101,8 @@ class Engine:
         self._events: list[Event] = []
         self._accepting = True
         self._report_states = True
-        self._local_hosts = {s.host for s in sockets} | {
-            s.advertised_host for s in sockets if s.advertised_host
-        }
+        self._local_hosts = {s.host for s in sockets} | set(self.config.local_hosts)
+        self._local_hosts |= {s.advertised_host for s in sockets if s.advertised_host}
         self._local_ports = {s.port for s in sockets} | {
             s.advertised_port for s in sockets if s.advertised_port
         }

@@ -32,6 +32,7 @@ from ..observe.lifecycle import Lifecycle
 from ..observe.metrics import counter, gauge
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from ..tls import TlsContexts, load_tls
+from .interfaces import local_addresses
 from .resolver import FAILURE_TTL, Resolver
 from .transport import TcpConnection, UdpEndpoint
 
@@ -66,6 +67,7 @@ class SipService:
             relay_allow=tuple(settings.relay_allow),
             fr_timeout=float(settings.fr_timeout),
             probe_interval=float(settings.probe_interval),
+            local_hosts=tuple(local_addresses()) if settings.has_wildcard_listen() else (),
             default_timeout=settings.default_timeout,
             hash_size=settings.hash_size,
             max_message_size=settings.max_message_size,
