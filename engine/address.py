@@ -337,6 +337,7 @@ def is_stream(proto: str) -> bool:
 
 
 def is_sips(uri: str) -> bool:
+    """Whether ``uri`` is a SIPS URI: TLS on every hop (RFC 3261 §26.2, RFC 5630)."""
     return uri[:5].lower() == "sips:"
 
 
