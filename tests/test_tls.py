@@ -25,7 +25,7 @@ import dns.rrset
 import pytest
 import trustme
 from helpers import LOOPBACK, REPO_ROOT, SipdlgProcess, Sipp, free_port
-from helpers.sip_peer import Call, Uas, connect, serve_uas
+from helpers.sip_peer import Call, PeerClosed, Uas, connect, serve_uas
 
 from app.config import ConfigError, Settings, load_settings
 from app.mi import client as mi_client
@@ -78,10 +78,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    mine = ca.issue_cert("127.0.0.1", "localhost", "sipdlg.test")
+    mine = ca.issue_cert("127.0.0.1", "::1", "localhost", "sipdlg.test")
     mine.cert_chain_pems[0].write_to_path(str(folder / "sipdlg.pem"))
     mine.private_key_pem.write_to_path(str(folder / "sipdlg.key"))
-    uas = ca.issue_cert("127.0.0.1", "localhost", "uas.sipdlg.test")
+    uas = ca.issue_cert("127.0.0.1", "::1", "localhost", "uas.sipdlg.test")
     rogue = trustme.CA().issue_cert("127.0.0.1", "localhost")
     return Pki(ca, folder / "ca.pem", folder / "sipdlg.pem", folder / "sipdlg.key", uas, rogue)
 
@@ -416,6 +416,56 @@ async def test_verification_off_accepts_any_certificate(sipdlg_server: Server, p
     assert (await call.invite()).status == 200
     caller.close()
     uas.close()
+
+
+@pytest.mark.netns
+async def test_call_over_ipv6_tls(sipdlg_server: Server, pki: Pki) -> None:
+    """``tls:[::1]:PORT``: brackets in Via and Record-Route, the callee's certificate checked
+    against its IPv6 address."""
+    port, uas_port = free_port("both"), free_port("tcp")
+    uas = await serve_uas("::1", uas_port, pki.uas_server())
+    server = await asyncio.to_thread(
+        sipdlg_server,
+        port=port,
+        listen=[f"tls:[::1]:{port}"],
+        next_hop=f"tls:[::1]:{uas_port}",
+        **pki.options(),
+    )
+    caller = await connect("::1", port, pki.client())
+    call = Call(caller, f"sip:callee@[::1]:{uas_port}")
+    assert (await call.invite()).status == 200
+    call.ack()
+    assert (await call.bye()).status == 200
+    invite = uas.received("INVITE")[0]
+    assert invite.header_values("via")[0].startswith(f"SIP/2.0/TLS [::1]:{port};branch=")
+    assert rr_values(invite)[0].startswith(f"<sip:[::1]:{port};transport=tls;lr;did=")
+    caller.close()
+    uas.close()
+    assert server.running
+
+
+async def test_plain_tcp_to_tls_port_and_idle_connections(sipdlg_server: Server, pki: Pki) -> None:
+    """A client that speaks plain SIP to the TLS port is dropped without a word in the log,
+    an idle TLS connection is closed as a TCP one would be, and calls go on."""
+    uas_port = free_port("tcp")
+    uas = await serve_uas(LOOPBACK, uas_port, pki.uas_server())
+    server, tls_port = await tls_server(
+        sipdlg_server, pki, f"tls:{LOOPBACK}:{uas_port}", tcp_idle_timeout=1
+    )
+    plain = await connect(LOOPBACK, tls_port)
+    plain.send("OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(PeerClosed):
+        await plain.recv(5)
+    idle = await connect(LOOPBACK, tls_port, pki.client())
+    with pytest.raises(PeerClosed):
+        await idle.recv(15)  # closed by the idle sweep after 1 s (checked every second)
+    caller = await connect(LOOPBACK, tls_port, pki.client())
+    call = Call(caller, f"sip:callee@{LOOPBACK}:{uas_port}")
+    assert (await call.invite()).status == 200
+    caller.close()
+    uas.close()
+    log = server.log_text()
+    assert "Traceback" not in log and " ERROR " not in log, log
 
 
 # ------------------------------------------------------- a TLS next hop behind SIPp's UDP

@@ -80,9 +80,14 @@ class Peer:
             self._write.close()
 
     @property
+    def hostport(self) -> str:
+        host = self.local[0]
+        return f"[{host}]:{self.local[1]}" if ":" in host else f"{host}:{self.local[1]}"
+
+    @property
     def contact(self) -> str:
         transport = "" if self.transport == "UDP" else f";transport={self.transport.lower()}"
-        return f"<sip:peer@{self.local[0]}:{self.local[1]}{transport}>"
+        return f"<sip:peer@{self.hostport}{transport}>"
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -162,17 +167,18 @@ def request(
     body = ""
     if sdp:
         host = peer.local[0]
+        family = "IP6" if ":" in host else "IP4"
         body = (
-            f"v=0\r\no=peer 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+            f"v=0\r\no=peer 1 1 IN {family} {host}\r\ns=-\r\nc=IN {family} {host}\r\n"
+            f"t=0 0\r\n"
             f"m=audio 6000 RTP/AVP 0\r\n"
         )
     lines = [
         f"{method} {ruri} SIP/2.0",
-        f"Via: SIP/2.0/{peer.transport} {peer.local[0]}:{peer.local[1]}"
-        f";branch=z9hG4bKp{next(_ids)};rport",
+        f"Via: SIP/2.0/{peer.transport} {peer.hostport};branch=z9hG4bKp{next(_ids)};rport",
         *[f"Route: {r}" for r in routes or []],
         "Max-Forwards: 70",
-        f"From: <sip:caller@{peer.local[0]}>;tag={from_tag}",
+        f"From: <sip:caller@{peer.hostport}>;tag={from_tag}",
         f"To: {to}",
         f"Call-ID: {callid}",
         f"CSeq: {cseq} {method}",
