@@ -63,10 +63,11 @@ class Rig:
     def __init__(self, folder: Path, key_type: str) -> None:
         import trustme  # a test dependency, like the rest of the harness
 
-        ca = trustme.CA(key_type=trustme.KeyType[key_type.upper()])
+        key = trustme.KeyType[key_type.upper()]
+        ca = trustme.CA(key_type=key)
         self.ca_file = folder / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
-        leaf = ca.issue_cert(LOOPBACK)
+        leaf = ca.issue_cert(LOOPBACK, key_type=key)  # the leaf's own key: not the CA's
         leaf.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
         leaf.private_key_pem.write_to_path(str(folder / "key.pem"))
         self.uas_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
