@@ -36,6 +36,7 @@ MODULES = [
     "framing",
     "locator",
     "message",
+    "pike",
     "proxy",
     "relay",
     "stats",
