@@ -175,6 +175,9 @@ def _make_method(name: str) -> Callable[..., Awaitable[Result]]:
             raise JsonRpcError(INVALID_PARAMS[0], INVALID_PARAMS[1], exc.data) from None
         try:
             result = await handle(service, params)
+        except ParamsError as exc:  # a value the recipe's types admit but the command not
+            _count(service, name, "bad_params")
+            raise JsonRpcError(INVALID_PARAMS[0], INVALID_PARAMS[1], exc.data) from None
         except MiError as exc:
             _count(service, name, "error")
             raise JsonRpcError(exc.code, exc.message) from None
