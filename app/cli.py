@@ -9,6 +9,7 @@ import logging
 import sys
 
 from .config import ConfigError, load_settings
+from .tls import load_tls
 
 #: The integer settings: flag, metavar, help (with the default).
 INT_OPTIONS = """
@@ -45,7 +46,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--next-hop",
         action="append",
         metavar="[PROTO:]HOST[:PORT][;priority=N][;weight=N]",
-        help="send every initial request here (repeatable: failover by priority, as OpenSIPS's "
+        help="send every initial request here (PROTO udp, tcp or tls; repeatable: failover by "
+        "priority, as OpenSIPS's "
         "dispatcher; a name without port is found by DNS SRV); default: by Request-URI",
     )
     p.add_argument(
@@ -61,6 +63,21 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="IP[:PORT]",
         help="DNS server for RFC 3263 routing (repeatable; default /etc/resolv.conf)",
     )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) of tls: sockets")
+    p.add_argument("--tls-key", metavar="FILE", help="its PEM private key (default: in --tls-cert)")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CAs that TLS servers we connect to must chain to (default: the system's)",
+    )
+    p.add_argument(
+        "--tls-verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check the certificates of TLS servers we connect to (default on)",
+    )
+    p.add_argument("--mi-tls-cert", metavar="FILE", help="serve the MI over HTTPS: certificate")
+    p.add_argument("--mi-tls-key", metavar="FILE", help="its private key (default: in the cert)")
     p.add_argument(
         "--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888), or none"
     )
@@ -146,6 +163,7 @@ def serve(args: argparse.Namespace) -> int:
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "no_uvloop")}
     try:
         settings = load_settings(cli, args.config)
+        tls = load_tls(settings)  # every certificate and key, before anything binds
         try:
             from .mi.http import check_mi_exposure
 
@@ -173,7 +191,7 @@ def serve(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, tls=tls))
     except DbError as exc:
         print(f"sipdlg: cannot start: {exc}", file=sys.stderr)
         return 1

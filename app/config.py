@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.dialog import Socket
 from engine.dispatcher import Destination, parse_destination
+from engine.locator import TRANSPORTS
 from engine.pike import PikeConfig
 
 
@@ -68,6 +69,15 @@ class Settings:
     webhook: list[str] = field(default_factory=list)
     webhook_timeout: int = 5
     event_queue: int = 1000
+    # TLS (docs/tls.md): the certificate and key of tls: sockets, the CAs that servers we
+    # connect to must chain to (the system's when unset), and whether to check them at all.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    # HTTPS for the MI, /metrics and /events.
+    mi_tls_cert: str | None = None
+    mi_tls_key: str | None = None
     # Flood protection (docs/flood.md): OpenSIPS pike's reqs_density_per_unit per
     # sampling_time_unit; 0 requests turns it off.
     pike_requests: int = 30
@@ -136,7 +146,7 @@ LIST_FIELDS = {
     "dns_servers",
     "pike_trusted",
 }
-BOOL_FIELDS = {"bye_on_timeout"}
+BOOL_FIELDS = {"bye_on_timeout", "tls_verify"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
     "fr_timeout",
@@ -198,8 +208,8 @@ def parse_socket(text: str) -> Socket:
     spec = spec.strip()
     proto, colon, rest = spec.partition(":")
     proto = proto.lower()
-    if not colon or proto not in ("udp", "tcp"):
-        raise ConfigError(f"--listen: expected udp:IP:PORT or tcp:IP:PORT, got {text!r}")
+    if not colon or proto not in TRANSPORTS:
+        raise ConfigError(f"--listen: expected udp:, tcp: or tls:IP:PORT, got {text!r}")
     host, port = split_host_port(rest, "--listen")
     try:
         address = ipaddress.ip_address(host)
@@ -318,8 +328,13 @@ def load_settings(
 
 
 def validate(settings: Settings) -> None:
-    settings.sockets()
-    settings.destinations()
+    sockets = settings.sockets()
+    for hop in settings.destinations():
+        if hop.proto and all(s.proto != hop.proto for s in sockets):
+            raise ConfigError(
+                f"--next-hop {hop.uri}: no {hop.proto} socket to send from; "
+                f"add --listen {hop.proto}:IP:PORT"
+            )
     settings.dns_server_addresses()
     if settings.fr_timeout <= 0 or settings.probe_interval < 0:
         raise ConfigError("fr_timeout must be positive, probe_interval not negative")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .address import uri_target
+from .address import is_stream, uri_target
 from .dialog import Dialog, DlgState
 from .dlg_life import fail, terminate
 from .message import SipError, SipMessage, header_key
@@ -97,7 +97,7 @@ def send_within(
         out = eng.socket_for(proto, socket, host)
     except SipError:  # an unroutable stored target: nothing can be sent on this leg
         return None
-    if proto != "tcp":
+    if not is_stream(proto):
         conn = None
     if to_caller:
         cseq = max(dlg.callee_cseq + dlg.cseq_shift_caller, dlg.local_cseq_caller) + 1

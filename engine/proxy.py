@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer, failover, probing
-from .address import parse_uri, split_values
+from .address import is_sips, parse_uri, split_values
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dispatcher import Destination, DestinationSet, DsState
 from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Resolve, Send, StateChanged
-from .locator import Locator, Query, Target, locate
+from .locator import TRANSPORTS, Locator, Query, Target, locate
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
 from .pike import PikeConfig, pike_for
 from .relay import RelayPolicy
@@ -324,7 +324,11 @@ class Engine:
                 return s
         raise SipError(503, f"No {proto.upper()} IPv{family} socket")
 
-    def record_route(self, socket: Socket, did: str) -> str:
+    def record_route(self, socket: Socket, did: str, sips: bool = False) -> str:
+        """Our Record-Route entry for ``socket``: a sips URI on a TLS socket when the request
+        is for a sips URI (RFC 3261 §16.6 step 4), else sip naming any transport but UDP."""
+        if sips and socket.proto == "tls":
+            return f"<sips:{socket.hostport};lr;did={did}>"
         transport = "" if socket.proto == "udp" else f";transport={socket.proto}"
         return f"<sip:{socket.hostport}{transport};lr;did={did}>"
 
@@ -535,7 +539,13 @@ class Engine:
             raise SipError(503, "Service Unavailable")
         hops: list[tuple[Destination | None, failover.Where]]
         if self.dispatcher is not None:
-            hops = [(d, d.where(socket.proto)) for d in self.dispatcher.order()]
+            order = self.dispatcher.order()
+            if is_sips(msg.ruri):  # TLS on every hop, never downgraded (RFC 5630 §3.1.1)
+                hops = [(d, d.where("tls")) for d in order if d.proto in (None, "tls")]
+                if order and not hops:
+                    raise SipError(416, "Unsupported URI Scheme")
+            else:
+                hops = [(d, d.where(socket.proto)) for d in order]
             if not hops:
                 raise SipError(503, "No Destination Available")
         else:
@@ -669,7 +679,9 @@ class Engine:
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
-        proto = via.transport.lower() if via.transport in ("UDP", "TCP") else "udp"
+        proto = via.transport.lower()
+        if proto not in TRANSPORTS:
+            proto = "udp"
         out = self.socket_for(proto, None, host)
         self.stats.fwd_replies += 1
         self.send(out, host, port, None, msg.to_bytes())

@@ -1,5 +1,9 @@
 """``sipdlg mi``: a stdlib-only MI client for scripts, mapping arguments like opensips-cli.
 
+An ``https://`` URL checks the MI's certificate against the system's CAs, or the ones in
+``--cacert FILE`` (``SIPDLG_MI_CACERT``); ``--insecure`` (``SIPDLG_MI_INSECURE=1``) skips the
+check, as curl's ``-k`` does.
+
 ``name=value`` arguments (all of them) become named params with string values; otherwise all
 arguments go positionally as strings.  For the statistics commands the values become one array
 (``sipdlg mi get_statistics dialog: core:`` sends ``[["dialog:","core:"]]``), as opensips-cli
@@ -15,6 +19,7 @@ import os
 import random
 import re
 import shlex
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -79,8 +84,10 @@ def call(
     *,
     token: str | None = None,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Any:
-    """One MI call; returns ``result`` or raises MiCallError with OpenSIPS's error text."""
+    """One MI call; returns ``result`` or raises MiCallError with OpenSIPS's error text.
+    ``tls``: how an https:// MI is checked (default: against the system's CAs)."""
     body = json.dumps(
         {
             "jsonrpc": "2.0",
@@ -94,13 +101,17 @@ def call(
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, body, headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as rpl:
+        with urllib.request.urlopen(req, timeout=timeout, context=tls) as rpl:
             raw = rpl.read()
     except urllib.error.HTTPError as exc:
         hint = " (use --token or SIPDLG_MI_TOKEN)" if exc.code == 401 else ""
         raise MiCallError(f"HTTP {exc.code} {exc.reason}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise MiCallError(f"cannot reach the MI at {url}: {exc}") from None
+        reason = getattr(exc, "reason", exc)
+        hint = ""
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = " (use --cacert FILE or SIPDLG_MI_CACERT)"
+        raise MiCallError(f"cannot reach the MI at {url}: {reason}{hint}") from None
     try:
         reply = json.loads(raw)
     except ValueError:
@@ -114,6 +125,16 @@ def call(
     return reply["result"]
 
 
+def tls_context(cafile: str | None, insecure: bool) -> ssl.SSLContext:
+    """How the client checks an https:// MI: ``cafile``'s CAs (else the system's), or not at
+    all when ``insecure``."""
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sipdlg mi",
@@ -121,7 +142,25 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples: sipdlg mi dlg_list | sipdlg mi dlg_list callid=abc@h | "
         "sipdlg mi dlg_end_dlg baa.2d206994 | sipdlg mi get_statistics dialog:",
     )
-    p.add_argument("--url", default=os.environ.get("SIPDLG_MI_URL", DEFAULT_URL))
+    p.add_argument(
+        "--url",
+        default=os.environ.get("SIPDLG_MI_URL", DEFAULT_URL),
+        help=f"the MI, http:// or https:// (SIPDLG_MI_URL; default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=os.environ.get("SIPDLG_MI_CACERT"),
+        help="PEM CAs an https:// MI's certificate must chain to (SIPDLG_MI_CACERT; "
+        "default: the system's)",
+    )
+    p.add_argument(
+        "-k",
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("SIPDLG_MI_INSECURE", "") in ("1", "true", "yes", "on"),
+        help="do not check an https:// MI's certificate (SIPDLG_MI_INSECURE=1)",
+    )
     p.add_argument("--token", default=os.environ.get("SIPDLG_MI_TOKEN"), help="Bearer token")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("-j", dest="as_json", action="store_true", help="parse values as JSON")
@@ -135,7 +174,14 @@ def main(argv: list[str]) -> int:
     opts = _parser().parse_args(argv)
     params = build_params(opts.method, opts.args, opts.as_json)
     try:
-        result = call(opts.url, opts.method, params, token=opts.token, timeout=opts.timeout)
+        tls = tls_context(opts.cacert, opts.insecure) if opts.url.startswith("https:") else None
+    except OSError as exc:  # a missing or unreadable CA file
+        print(f"error: --cacert {opts.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        result = call(
+            opts.url, opts.method, params, token=opts.token, timeout=opts.timeout, tls=tls
+        )
     except MiCallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
