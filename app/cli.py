@@ -97,7 +97,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--ping",
         choices=["caller", "callee", "both", "none"],
-        help="in-dialog OPTIONS pings to this side (none)",
+        help="in-dialog pings to this side (none)",
+    )
+    p.add_argument(
+        "--ping-method",
+        choices=["options", "reinvite"],
+        help="ping by OPTIONS (OpenSIPS flags P/p) or re-INVITE with the current SDP (R/r)",
     )
     p.add_argument(
         "--webhook",

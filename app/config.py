@@ -62,6 +62,7 @@ class Settings:
     # Dialog lifecycle (docs/lifecycle.md)
     bye_on_timeout: bool = True
     ping: str = "none"
+    ping_method: str = "options"
     ping_interval: int = 30
     ping_timeout: int = 5
     race_condition_timeout: int = 5
@@ -363,6 +364,10 @@ def validate(settings: Settings) -> None:
         parse_db_url(settings.db, settings.data_dir)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.ping_method not in ("options", "reinvite"):
+        raise ConfigError(
+            f"ping_method: expected options or reinvite, got {settings.ping_method!r}"
+        )
     if settings.ping not in PING_MODES:
         raise ConfigError(f"ping: expected one of {', '.join(PING_MODES)}, got {settings.ping!r}")
     if settings.ping_interval <= 0 or settings.ping_timeout <= 0:

@@ -15,20 +15,11 @@ from .address import split_values
 from .dialog import ANSWERED, CalleeLeg, Dialog, DlgEvent, DlgState, EndReason, Socket
 from .dlg_life import fail, terminate, transition
 from .locator import locate
-from .message import ENCODING, ERRORS, SipError, SipMessage
+from .message import SipError, SipMessage, sdp_of
 from .transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:
     from .proxy import Engine
-
-
-def sdp_of(msg: SipMessage) -> str | None:
-    if not msg.body:
-        return None
-    ctype = msg.get("content-type")
-    if ctype is None or not ctype.lower().startswith("application/sdp"):
-        return None
-    return msg.body.decode(ENCODING, ERRORS)
 
 
 def _uri_of(name_addr: str) -> str:

@@ -66,6 +66,9 @@ class EngineConfig:
     #: In-dialog OPTIONS pings (flags P/p): "none", "caller", "callee" or "both".
     ping: str = "none"
     ping_interval: float = 30.0
+    #: "options" (OpenSIPS flags P/p) or "reinvite" (flags R/r: a re-INVITE with the party's
+    #: current SDP, for user agents that do not answer OPTIONS).
+    ping_method: str = "options"
     #: Emit ``DialogChanged`` for what a store must write (the shell has a store).
     report_changes: bool = False
     #: No final answer to a ping within this many seconds ends the dialog.

@@ -80,3 +80,39 @@ def test_bye_after_ping_and_renumbered_requests_is_above_all_of_them() -> None:
     rig.end_dialog(dlg)
     to_callee = next(o for o in rig.take() if o.method == "BYE" and o.dest == CALLEE)
     assert cseq_of(to_callee) == cseq_of(info) + 1 == 4
+
+
+def test_reinvite_ping_carries_the_current_sdp_is_acked_and_keeps_the_call() -> None:
+    rig = Rig(ping="callee", ping_method="reinvite", ping_interval=10.0, ping_timeout=5.0)
+    call = Call()
+    _, ok = rig.call_up(call)
+    (dlg,) = rig.eng.dialogs
+    (probe,) = [o for o in rig.advance(10.0) if o.method == "INVITE"]
+    assert probe.dest == CALLEE and probe.msg.body == dlg.caller_sdp
+    assert (probe.msg.header("content-type") or "") == "application/sdp"
+    assert cseq_of(probe) == 2 and probe.msg.header("contact")
+    outs = rig.recv(call.reply(probe, 200, "OK", sdp=True), src=CALLEE)
+    ack = one(outs, method="ACK")
+    assert ack.dest == CALLEE and cseq_of(ack) == 2
+    assert ack.msg.header_values("via")[0] != probe.msg.header_values("via")[0]  # new branch
+    assert not [o for o in outs if o.dest == CALLER]  # the caller sees nothing of it
+    assert dlg.callee is not None and dlg.callee.sent_sdp == dlg.caller_sdp
+    # A retransmitted 2xx is ACKed again; the call goes on and the next ping comes.
+    one(rig.recv(call.reply(probe, 200, "OK", sdp=True), src=CALLEE), method="ACK")
+    assert dlg.state is DlgState.CONFIRMED
+    assert [o for o in rig.advance(10.0) if o.method == "INVITE"]
+    # The caller's BYE is renumbered above the ping's CSeq.
+    bye = one(rig.recv(call.in_dialog("BYE", ok, cseq=2)), method="BYE")
+    assert cseq_of(bye) > 2
+
+
+def test_reinvite_ping_answered_481_ends_the_call() -> None:
+    rig = Rig(ping="callee", ping_method="reinvite", ping_interval=10.0, ping_timeout=5.0)
+    call = Call()
+    rig.call_up(call)
+    (dlg,) = rig.eng.dialogs
+    (probe,) = [o for o in rig.advance(10.0) if o.method == "INVITE"]
+    outs = rig.recv(call.reply(probe, 481, "Call/Transaction Does Not Exist"), src=CALLEE)
+    assert one(outs, method="ACK").dest == CALLEE  # hop-by-hop ACK of the non-2xx
+    assert {o.dest for o in outs if o.method == "BYE"} == {CALLER, CALLEE}
+    assert dlg.state is DlgState.DELETED and dlg.end_reason == "Callee Ping Timeout"

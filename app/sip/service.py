@@ -77,6 +77,7 @@ class SipService:
             bye_on_timeout=settings.bye_on_timeout,
             ping=settings.ping,
             ping_interval=settings.ping_interval,
+            ping_method=settings.ping_method,
             ping_timeout=settings.ping_timeout,
             race_condition_timeout=settings.race_condition_timeout,
             report_changes=settings.stores_changes(),
