@@ -119,9 +119,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--db",
         metavar="URL",
-        help="dialog persistence: sqlite:///PATH (default sqlite:///sipdlg.db under --data-dir) "
-        "or none (memory only)",
+        help="dialog persistence: sqlite:///PATH (default sqlite:///sipdlg.db under --data-dir), "
+        "redis://HOST:PORT/DB, or none (memory only)",
     )
+    p.add_argument("--node-id", metavar="NAME", help="this node's key prefix in Redis (1)")
     p.add_argument("--data-dir", metavar="DIR", help="where relative --db paths live (.)")
     p.add_argument(
         "--db-mode",

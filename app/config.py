@@ -54,6 +54,8 @@ class Settings:
     log_level: str = "info"
     # Persistence (docs/persistence.md): SQLite file, relative paths under data_dir.
     db: str = "sqlite:///sipdlg.db"
+    #: This node's name in a shared store: its Redis keys are ``sipdlg:<node_id>:...``.
+    node_id: str = "1"
     data_dir: str = "."
     db_mode: str = "realtime"
     db_update_period: int = 60
