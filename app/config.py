@@ -37,6 +37,11 @@ class Settings:
     fr_timeout: int = 5
     #: Seconds between OPTIONS probes of the next hops (0: off; OpenSIPS's default is 10).
     probe_interval: int = 0
+    #: Overload control (app/sip/overload.py): event-loop lag that starts shedding new INVITEs
+    #: with 503 (0: off), seconds under half of it before it stops, the Retry-After given.
+    overload_lag_ms: int = 100
+    overload_recover: int = 2
+    overload_retry_after: int = 2
     #: DNS servers for RFC 3263 routing, ``IP[:PORT]`` (default: /etc/resolv.conf's).
     dns_servers: list[str] = field(default_factory=list)
     mi_listen: str = "127.0.0.1:8888"
@@ -152,6 +157,9 @@ LIST_FIELDS = {
 BOOL_FIELDS = {"bye_on_timeout", "tls_verify"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "overload_lag_ms",
+    "overload_recover",
+    "overload_retry_after",
     "fr_timeout",
     "probe_interval",
     "db_update_period",
@@ -339,6 +347,10 @@ def validate(settings: Settings) -> None:
                 f"add --listen {hop.proto}:IP:PORT"
             )
     settings.dns_server_addresses()
+    if settings.overload_lag_ms < 0 or settings.overload_recover <= 0:
+        raise ConfigError("overload_lag_ms must not be negative, overload_recover positive")
+    if settings.overload_retry_after <= 0:
+        raise ConfigError("overload_retry_after must be positive")
     if settings.fr_timeout <= 0 or settings.probe_interval < 0:
         raise ConfigError("fr_timeout must be positive, probe_interval not negative")
     settings.mi_address()

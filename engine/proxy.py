@@ -106,6 +106,7 @@ class Engine:
         self._sends: list[Send] = []
         self._events: list[Event] = []
         self._accepting = True
+        self._shedding: int | None = None
         self._report_states = True
         self._local_hosts = {s.host for s in sockets} | set(self.config.local_hosts)
         self._local_hosts |= {s.advertised_host for s in sockets if s.advertised_host}
@@ -221,6 +222,15 @@ class Engine:
         """A stream the shell frames (TCP) broke the framing rules and was closed: counted
         with the messages that failed to parse."""
         self.stats.parse_errors += 1
+
+    def set_overload(self, retry_after: int | None, now: float) -> None:
+        """The shell's overload verdict (RFC 7339's problem, RFC 6357's advice: reject early,
+        keep what is established).  While ``retry_after`` is set, a new INVITE that is no
+        retransmission gets ``503 Service Unavailable`` with ``Retry-After``, statelessly:
+        no transaction, no dialog, nothing forwarded.  Responses, ACKs, CANCELs and every
+        in-dialog request are served as usual."""
+        self.now = now
+        self._shedding = retry_after
 
     def stop_accepting(self) -> None:
         """From now on new INVITEs get 503 (a graceful shutdown)."""
@@ -442,6 +452,12 @@ class Engine:
             else:
                 stx.on_retransmission(msg)
                 return
+
+        if self._shedding is not None and method == "INVITE" and not msg.to.tag:
+            stats.shed_invites += 1
+            retry = f"Retry-After: {self._shedding}"
+            self._reply_stateless(msg, 503, "Service Unavailable", socket, src, conn, retry)
+            return
 
         if method == "CANCEL":
             self._on_cancel(msg, key, socket, src, conn)

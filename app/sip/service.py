@@ -35,6 +35,7 @@ from ..observe.metrics import counter, gauge
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from ..tls import TlsContexts, load_tls
 from .interfaces import local_addresses
+from .overload import OverloadControl
 from .resolver import FAILURE_TTL, Resolver
 from .transport import TcpConnection, UdpEndpoint
 
@@ -120,7 +121,15 @@ class SipService:
         self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
         #: Messages and timer runs that raised inside the engine (a bug; logged each time).
         self.internal_errors = 0
-        self.lifecycle.metric_sources += [self, self.gc]
+        self.overload = OverloadControl(
+            self.loop,
+            self._set_overload,
+            lambda: self.engine.stats.shed_invites,
+            lag_ms=settings.overload_lag_ms,
+            recover=settings.overload_recover,
+            retry_after=settings.overload_retry_after,
+        )
+        self.lifecycle.metric_sources += [self, self.gc, self.overload]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -153,6 +162,7 @@ class SipService:
             )
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
+        self.overload.start()
         if self.db is not None:
             # lifetime over while down: "Lifetime Timeout", BYEs
             self.db.expire(expired, self.loop.time())
@@ -160,6 +170,7 @@ class SipService:
             self.flush()
 
     async def stop(self) -> None:
+        self.overload.stop()
         await self.lifecycle.stop()
         if self._sweeper:
             self._sweeper.cancel()
@@ -357,6 +368,9 @@ class SipService:
         self.db.expire(expired, self.loop.time())
         self.flush()
         return len(restored)
+
+    def _set_overload(self, retry_after: int | None) -> None:
+        self.engine.set_overload(retry_after, self.loop.time())
 
     def set_destination_state(self, address: str, state: str) -> bool:
         """MI ``ds_set_state``."""
