@@ -29,6 +29,7 @@ INT_OPTIONS = """
 --fr-timeout S skip a silent next hop after (5)
 --probe-interval S OPTIONS probes of next hops (0: off)
 --overload-lag-ms MS shed new INVITEs past this loop lag (100; 0 off)
+--overload-queue-kb KB shed past this UDP receive queue (1024; 0 off)
 --overload-recover S stop shedding after S calm seconds (2)
 --overload-retry-after S Retry-After of the 503s (2)
 --pike-requests N requests per source IP per window, 0 off (30)

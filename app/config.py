@@ -40,6 +40,8 @@ class Settings:
     #: Overload control (app/sip/overload.py): event-loop lag that starts shedding new INVITEs
     #: with 503 (0: off), seconds under half of it before it stops, the Retry-After given.
     overload_lag_ms: int = 100
+    #: Bytes (KB) waiting in a UDP socket's receive queue that start shedding too (0: off).
+    overload_queue_kb: int = 1024
     overload_recover: int = 2
     overload_retry_after: int = 2
     #: DNS servers for RFC 3263 routing, ``IP[:PORT]`` (default: /etc/resolv.conf's).
@@ -158,6 +160,7 @@ BOOL_FIELDS = {"bye_on_timeout", "tls_verify"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
     "overload_lag_ms",
+    "overload_queue_kb",
     "overload_recover",
     "overload_retry_after",
     "fr_timeout",
@@ -347,6 +350,8 @@ def validate(settings: Settings) -> None:
                 f"add --listen {hop.proto}:IP:PORT"
             )
     settings.dns_server_addresses()
+    if settings.overload_queue_kb < 0:
+        raise ConfigError("overload_queue_kb must not be negative")
     if settings.overload_lag_ms < 0 or settings.overload_recover <= 0:
         raise ConfigError("overload_lag_ms must not be negative, overload_recover positive")
     if settings.overload_retry_after <= 0:

@@ -107,6 +107,8 @@ class Engine:
         self._events: list[Event] = []
         self._accepting = True
         self._shedding: int | None = None
+        self._shed_share = 1.0
+        self._shed_credit = 0.0
         self._report_states = True
         self._local_hosts = {s.host for s in sockets} | set(self.config.local_hosts)
         self._local_hosts |= {s.advertised_host for s in sockets if s.advertised_host}
@@ -223,14 +225,17 @@ class Engine:
         with the messages that failed to parse."""
         self.stats.parse_errors += 1
 
-    def set_overload(self, retry_after: int | None, now: float) -> None:
+    def set_overload(self, retry_after: int | None, now: float, share: float = 1.0) -> None:
         """The shell's overload verdict (RFC 7339's problem, RFC 6357's advice: reject early,
-        keep what is established).  While ``retry_after`` is set, a new INVITE that is no
-        retransmission gets ``503 Service Unavailable`` with ``Retry-After``, statelessly:
-        no transaction, no dialog, nothing forwarded.  Responses, ACKs, CANCELs and every
-        in-dialog request are served as usual."""
+        keep what is established).  While ``retry_after`` is set, that ``share`` of new
+        INVITEs (evenly spread; the first one is always among them) gets ``503 Service
+        Unavailable`` with ``Retry-After``, statelessly: no transaction, no dialog, nothing
+        forwarded.  Responses, ACKs, CANCELs and every in-dialog request are served."""
         self.now = now
+        if retry_after is not None and self._shedding is None:
+            self._shed_credit = 1.0
         self._shedding = retry_after
+        self._shed_share = share
 
     def stop_accepting(self) -> None:
         """From now on new INVITEs get 503 (a graceful shutdown)."""
@@ -453,7 +458,7 @@ class Engine:
                 stx.on_retransmission(msg)
                 return
 
-        if self._shedding is not None and method == "INVITE" and not msg.to.tag:
+        if self._shedding is not None and method == "INVITE" and not msg.to.tag and self._shed():
             stats.shed_invites += 1
             retry = f"Retry-After: {self._shedding}"
             self._reply_stateless(msg, 503, "Service Unavailable", socket, src, conn, retry)
@@ -499,6 +504,14 @@ class Engine:
         except SipError as exc:
             if stx is not None:
                 self.reply(stx, exc.status or 500, exc.reason)
+
+    def _shed(self) -> bool:
+        """Whether this new INVITE is one of the share turned away."""
+        self._shed_credit += self._shed_share
+        if self._shed_credit >= 1.0:
+            self._shed_credit -= 1.0
+            return True
+        return False
 
     def _fix_via(self, msg: SipMessage, src: tuple[str, int]) -> None:
         """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""

@@ -15,7 +15,7 @@ from helpers import LOOPBACK, SipdlgProcess, Sipp
 from lifecycle_kit import http_get, wait_state
 from test_engine_kit import CALLEE, Call, Rig, one, pick
 
-from app.sip.overload import OverloadControl
+from app.sip.overload import OverloadControl, inode_of, udp_backlog
 
 
 def test_new_invites_get_503_with_retry_after_and_nothing_else_happens() -> None:
@@ -39,28 +39,54 @@ def test_new_invites_get_503_with_retry_after_and_nothing_else_happens() -> None
     assert one(rig.recv(Call(4).invite()), method="INVITE")
 
 
-def test_detector_starts_on_lag_and_stops_after_calm(caplog: pytest.LogCaptureFixture) -> None:
-    verdicts: list[int | None] = []
+def test_detector_sheds_in_proportion_and_lets_calls_back_in_gradually(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    verdicts: list[tuple[int | None, float]] = []
     control = OverloadControl(
         None,  # type: ignore[arg-type]  # observe() needs no loop
-        verdicts.append,
+        lambda retry, share: verdicts.append((retry, share)),
         lambda: 7,
         lag_ms=100,
+        queue_kb=100,
         recover=2.0,
         retry_after=4,
     )
     caplog.set_level(logging.WARNING, "sipdlg.overload")
-    for t, lag in [(0.0, 0.01), (0.1, 0.25), (0.2, 0.3), (0.3, 0.07), (1.0, 0.01)]:
-        control.observe(lag, t)
-    assert verdicts == [4] and control.active  # 70 ms is above half the limit: no calm yet
-    control.observe(0.01, 2.9)
-    assert control.active  # calm for 1.9 s only
-    control.observe(0.01, 3.1)
-    assert verdicts == [4, None] and not control.active
-    assert [r.message.split(":")[0] for r in caplog.records] == [
-        "overload",
-        "overload over after 3.0 s",
-    ]
+    control.observe(0.01, 0.0)
+    assert not verdicts  # under the limits: nothing
+    control.observe(0.0, 0.05, queued=150 * 1024)  # 1.5 times the queue limit
+    assert verdicts == [(4, pytest.approx(0.15))] and control.active
+    control.observe(0.0, 0.10, queued=80 * 1024)  # between half and the limit: hold
+    assert len(verdicts) == 1
+    control.observe(1.5, 0.15)  # the loop blocked for 15 times the lag limit: everything
+    assert verdicts[-1] == (4, 1.0)
+    t = 0.2
+    while control.active and t < 10:
+        control.observe(0.0, t)
+        t += 0.05
+    assert 1.9 <= t - 0.2 <= 2.1  # from everything to nothing in overload_recover seconds
+    shares = [share for _, share in verdicts[2:-1]]
+    assert shares == sorted(shares, reverse=True) and verdicts[-1] == (None, 0.0)
+    messages = [r.message for r in caplog.records]
+    assert len(messages) == 2 and messages[0].startswith("overload: 150 KB wait")
+    assert messages[1].startswith("overload over after")
+
+
+def test_udp_backlog_reads_the_socket_receive_queue() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inode = inode_of(sock.fileno())
+    assert udp_backlog([inode]) == 0
+    for _ in range(10):
+        sender.sendto(b"x" * 1000, sock.getsockname())
+    deadline = time.monotonic() + 2
+    while udp_backlog([inode]) < 10000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert udp_backlog([inode]) >= 10000  # ten datagrams waiting, with their overhead
+    sock.close()
+    sender.close()
 
 
 def _invite(port: int, n: int) -> bytes:
@@ -84,8 +110,8 @@ def test_a_blocked_loop_sheds_new_calls_while_the_established_one_ends_normally(
     caller.start()
     wait_state(server, 4)
     assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)  # the loop cannot run for a second
-    time.sleep(1.0)
+    server.proc.send_signal(signal.SIGSTOP)  # the loop cannot run for two seconds
+    time.sleep(2.0)
     server.proc.send_signal(signal.SIGCONT)
     time.sleep(0.3)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -100,4 +126,4 @@ def test_a_blocked_loop_sheds_new_calls_while_the_established_one_ends_normally(
     _, metrics = http_get(server, "/metrics")
     assert "sipdlg_overload_shed_invites_total 1.0" in metrics
     assert "sipdlg_overload_episodes_total 1.0" in metrics
-    assert server.log_text().count("overload: the event loop is") == 1
+    assert server.log_text().count("WARNING sipdlg.overload: overload: ") == 1

@@ -35,7 +35,7 @@ from ..observe.metrics import counter, gauge
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from ..tls import TlsContexts, load_tls
 from .interfaces import local_addresses
-from .overload import OverloadControl
+from .overload import OverloadControl, inode_of, udp_backlog
 from .resolver import FAILURE_TTL, Resolver
 from .transport import TcpConnection, UdpEndpoint
 
@@ -126,9 +126,12 @@ class SipService:
             self._set_overload,
             lambda: self.engine.stats.shed_invites,
             lag_ms=settings.overload_lag_ms,
+            queue_kb=settings.overload_queue_kb,
             recover=settings.overload_recover,
             retry_after=settings.overload_retry_after,
+            backlog=lambda: udp_backlog(self._udp_inodes),
         )
+        self._udp_inodes: list[int] = []
         self.lifecycle.metric_sources += [self, self.gc, self.overload]
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -142,6 +145,7 @@ class SipService:
         for sock in self.sockets:
             if sock.proto == "udp":
                 udp = _bind_udp(sock)
+                self._udp_inodes.append(inode_of(udp.fileno()))
                 transport, _ = await self.loop.create_datagram_endpoint(
                     functools.partial(UdpEndpoint, self, sock, udp), sock=udp
                 )
@@ -369,8 +373,8 @@ class SipService:
         self.flush()
         return len(restored)
 
-    def _set_overload(self, retry_after: int | None) -> None:
-        self.engine.set_overload(retry_after, self.loop.time())
+    def _set_overload(self, retry_after: int | None, share: float) -> None:
+        self.engine.set_overload(retry_after, self.loop.time(), share)
 
     def set_destination_state(self, address: str, state: str) -> bool:
         """MI ``ds_set_state``."""
