@@ -132,7 +132,7 @@ class OverloadControl:
 
     def metrics(self) -> Iterator[Metric]:
         yield gauge("sipdlg_overload_active", "1 while new INVITEs are shed (503)", self.active)
-        yield gauge("sipdlg_overload_shed_share", "Share of new INVITEs turned away now", self.share)
+        yield gauge("sipdlg_overload_shed_share", "Share of new INVITEs shed now", self.share)
         yield counter("sipdlg_overload_episodes", "Times overload control started", self.episodes)
         yield counter(
             "sipdlg_overload_shed_invites", "New INVITEs answered 503 under overload", self.shed()
