@@ -93,6 +93,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--ended-retention", type=int, metavar="S", help="keep ended-call records (604800 = 7 d)"
     )
+    p.add_argument(
+        "--server-header",
+        metavar="TEXT",
+        help="Server header of sipdlg's own replies, or off (sipdlg; OpenSIPS server_header)",
+    )
+    p.add_argument(
+        "--user-agent-header",
+        metavar="TEXT",
+        help="User-Agent of sipdlg's own requests (BYE, CANCEL, OPTIONS), or off (sipdlg)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
 

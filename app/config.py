@@ -55,6 +55,10 @@ class Settings:
     webhook: list[str] = field(default_factory=list)
     webhook_timeout: int = 5
     event_queue: int = 1000
+    #: The Server header of sipdlg's own replies and the User-Agent of its own requests
+    #: (OpenSIPS ``server_header``/``user_agent_header``): the value, or "" / "off" for none.
+    server_header: str = "sipdlg"
+    user_agent_header: str = "sipdlg"
 
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
@@ -68,6 +72,13 @@ class Settings:
         from .store.sqlite import parse_db_url
 
         return parse_db_url(self.db, self.data_dir) is not None and self.db_mode != "shutdown"
+
+    def header_values(self) -> tuple[str, str]:
+        """The Server and User-Agent values to send ("" for none)."""
+        return (
+            header_value("server_header", "Server", self.server_header),
+            header_value("user_agent_header", "User-Agent", self.user_agent_header),
+        )
 
     def mi_address(self) -> tuple[str, int] | None:
         """The MI's HTTP address; None when ``mi_listen`` is ``none`` (no MI at all)."""
@@ -100,6 +111,21 @@ INT_FIELDS = {
     "tcp_idle_timeout",
     "gc_rescan_period",
 }
+
+
+def header_value(setting: str, name: str, text: str) -> str:
+    """A header setting as the value to write: "" and "off" mean none, and the whole header
+    as OpenSIPS writes it (``Server: X``) is taken too.  One line only: a CR or LF would let
+    the setting inject headers into every message."""
+    value = text.strip()
+    if value.lower() == "off":
+        return ""
+    head, colon, rest = value.partition(":")
+    if colon and head.strip().lower() == name.lower():
+        value = rest.strip()
+    if any(c in value for c in "\r\n\0") or not value.isprintable():
+        raise ConfigError(f"{setting}: expected one line of printable text, got {text!r}")
+    return value
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -229,6 +255,7 @@ def validate(settings: Settings) -> None:
     settings.sockets()
     settings.next_hop_target()
     settings.mi_address()
+    settings.header_values()
     if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):
         raise ConfigError("hash_size must be a power of two")
     if settings.default_timeout <= 0:

@@ -116,8 +116,9 @@ def send_within(
         ("CSeq", f"{cseq} {method}"),
         ("Call-ID", dlg.callid),
         ("Max-Forwards", "70"),
-        ("User-Agent", eng.config.user_agent),
     ]
+    if eng.config.user_agent_header:
+        headers.append(("User-Agent", eng.config.user_agent_header))
     data, msg = build_request(method, ruri, headers, extra)
     ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
     ctx.dialog = dlg
@@ -182,8 +183,9 @@ def send_cancel(eng: Engine, ctx: ClientTransaction) -> None:
         ("to", f"To: {invite.get('to') or ''}"),
         ("cseq", f"CSeq: {invite.cseq[0]} CANCEL"),
         ("max-forwards", "Max-Forwards: 70"),
-        ("user-agent", f"User-Agent: {eng.config.user_agent}"),
     ]
+    if eng.config.user_agent_header:
+        headers.append(("user-agent", f"User-Agent: {eng.config.user_agent_header}"))
     data, cancel = build_request("CANCEL", invite.ruri, [], lines=headers)
     cctx = ClientTransaction(eng, ctx.branch, cancel, ctx.socket, ctx.host, ctx.port, ctx.conn)
     cctx.handler = _ignore

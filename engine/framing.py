@@ -46,8 +46,10 @@ class StreamFramer:
                 length = 0
             else:
                 text = lengths.pop()
-                if not text.isdigit():
+                if not text.isdigit():  # bytes.isdigit() is ASCII only
                     raise SipError(400, "Malformed Content-Length")
+                if len(text.lstrip(b"0")) > 10:  # more than any max_size: spare int() the work
+                    raise SipError(513, "Message Too Large")
                 length = int(text)
             total = end + 4 + length
             if total > self.max_size:

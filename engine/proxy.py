@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer
-from .address import parse_uri, split_values, uri_target
+from .address import parse_number, parse_uri, split_values, uri_target
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Send, StateChanged
@@ -35,6 +35,10 @@ SUPPORTED_PROXY_OPTIONS: frozenset[str] = frozenset()
 ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
 #: Headers a locally generated response copies from its request (RFC 3261 §8.2.6.2).
 REPLY_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
+#: The largest UDP payload per address family (65535 less the IPv4 and UDP headers; IPv6's
+#: length field excludes its own header).  A request that outgrows it once our Via and
+#: Record-Route are in gets a 513 (docs/operations.md), not a sendto() that fails unseen.
+MAX_DATAGRAM = {4: 65507, 6: 65527}
 
 
 @dataclass(slots=True)
@@ -53,7 +57,11 @@ class EngineConfig:
     hash_size: int = 4096
     max_message_size: int = 65536
     delete_delay: int = 0
-    user_agent: str = f"sipdlg ({VERSION})"
+    #: The Server header of the replies the engine makes, and the User-Agent of the requests
+    #: it sends (OpenSIPS ``server_header``/``user_agent_header``); "" for none.  No version:
+    #: it would tell a scanner which bugs to try.
+    server_header: str = "sipdlg"
+    user_agent_header: str = "sipdlg"
     #: Extra header lines added to every BYE the engine sends (OpenSIPS ``dlg_extra_hdrs``).
     bye_extra_headers: str = ""
     #: OpenSIPS flag B: BYE both legs when the lifetime runs out (else the dialog just expires).
@@ -181,16 +189,13 @@ class Engine:
         has none), which the shell's realtime store orders messages by."""
         self.now = now
         try:
+            if len(data) > self.config.max_message_size:  # refused before any parsing work
+                raise SipError(513, "Message Too Large")
             msg = parse(data, stream=conn is not None)
         except SipError as exc:
             self.stats.parse_errors += 1
             if exc.status and not data.startswith(b"SIP/") and not data.startswith(b"ACK "):
                 self._reply_to_garbage(data, exc, socket, src, conn)
-            return ""
-        if len(data) > self.config.max_message_size:
-            self.stats.parse_errors += 1
-            if msg.method is not None and msg.method != "ACK":
-                self._reply_stateless(msg, 513, "Message Too Large", socket, src, conn)
             return ""
         if msg.method is None:
             self._on_response(msg)
@@ -281,7 +286,9 @@ class Engine:
             if to_tag and key == "to" and ";tag=" not in raw.lower():
                 raw = f"{raw};tag={to_tag}"
             out.append(raw)
-        out.append(f"Server: {self.config.user_agent}")
+        server = self.config.server_header
+        if server:
+            out.append(f"Server: {server}")
         if extra:
             out.append(extra)
         out.append("Content-Length: 0\r\n\r\n")
@@ -408,6 +415,8 @@ class Engine:
             self._route(msg, stx, socket, src, conn)
         except SipError as exc:
             if stx is not None:
+                if stx.dialog is not None and method == "INVITE" and not msg.to.tag:
+                    dlg_life.fail(self, stx.dialog)  # created, never sent on
                 self.reply(stx, exc.status or 500, exc.reason)
 
     def _fix_via(self, msg: SipMessage, src: tuple[str, int]) -> None:
@@ -509,11 +518,13 @@ class Engine:
             seed = f"{msg.via.branch}{msg.callid}".encode(ENCODING, ERRORS)
             branch = f"z9hG4bKa{zlib.crc32(seed):x}"
             msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch}")
+            data = self.encode_for(out, msg)
             self.stats.fwd_requests += 1
-            self.send(out, host, port, conn, msg.to_bytes())
+            self.send(out, host, port, conn, data)
             return
         branch = self.new_branch()
         msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch};rport")
+        data = self.encode_for(out, msg)
         ctx = ClientTransaction(self, branch, msg, out, host, port, conn)
         ctx.server = stx
         ctx.dialog = dlg
@@ -524,7 +535,16 @@ class Engine:
             dlg.invite_branch = branch
         self.client_txns[(branch, ctx.method)] = ctx
         self.stats.fwd_requests += 1
-        ctx.start(msg.to_bytes())
+        ctx.start(data)
+
+    @staticmethod
+    def encode_for(out: Socket, msg: SipMessage) -> bytes:
+        """``msg`` as bytes to send from ``out``; 513 if UDP cannot carry it (RFC 3261
+        §18.1.1 would switch to TCP, which a UDP-only next hop cannot take: we answer)."""
+        data = msg.to_bytes()
+        if out.proto == "udp" and len(data) > MAX_DATAGRAM[out.family]:
+            raise SipError(513, "Message Too Large")
+        return data
 
     def _on_cancel(
         self,
@@ -600,9 +620,15 @@ class Engine:
             return
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
-        port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
         proto = via.transport.lower() if via.transport in ("UDP", "TCP") else "udp"
-        out = self.socket_for(proto, None, host)
+        try:  # received and rport come from the wire: an ASCII host and a real port, or drop
+            port = parse_number(rport, 65535, "rport") if rport else (via.port or 5060)
+            if not port or not host.isascii():
+                raise SipError(0, "Unroutable Via")
+            out = self.socket_for(proto, None, host)
+        except SipError:
+            self.stats.drop_replies += 1
+            return
         self.stats.fwd_replies += 1
         self.send(out, host, port, None, msg.to_bytes())
 

@@ -37,6 +37,7 @@ class SipService:
         self.version = VERSION
         self.revision: str | None = None
         self.started_at = time.time()
+        server_header, user_agent_header = settings.header_values()
         config = EngineConfig(
             next_hop=settings.next_hop_target(),
             default_timeout=settings.default_timeout,
@@ -49,6 +50,8 @@ class SipService:
             ping_timeout=settings.ping_timeout,
             race_condition_timeout=settings.race_condition_timeout,
             report_changes=settings.stores_changes(),
+            server_header=server_header,
+            user_agent_header=user_agent_header,
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
