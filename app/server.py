@@ -59,7 +59,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     log.info("sipdlg %s started", VERSION)
     await stop.wait()
     log.info("shutting down: no new dialogs, saving the dialogs, closing")
-    service.engine.stop_accepting()  # new INVITEs get 503 from here on
+    service.drain()  # new INVITEs get 503 from here on, /health says 503
 
     def exit_now() -> None:
         log.warning("second signal: exiting at once")

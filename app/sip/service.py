@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from engine.dialog import Dialog, Socket
+from engine.errors import SipError
 from engine.events import DialogChanged, Send, StateChanged
 from engine.proxy import VERSION, Engine, EngineConfig
 
@@ -20,12 +21,16 @@ from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
 from ..observe.metrics import counter
+from ..observe.ratelog import RateLimitedLog, exception_cause
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
 
 UDP_BUFFER = 4 << 20
+#: A bug's traceback is logged once per minute at most; every occurrence is counted in
+#: ``sipdlg_internal_errors_total``.
+BUG_LOG_PERIOD = 60.0
 
 
 class SipService:
@@ -74,12 +79,19 @@ class SipService:
         self._timer_when = float("inf")
         self._literal: dict[str, bool] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        #: Every socket bound (start), and not yet told to stop taking calls (drain).
+        self.listening = False
+        self.draining = False
         #: Dialog persistence (app/store/persistence.py), set by run() unless ``--db none``.
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
         self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
-        #: Messages and timer runs that raised inside the engine (a bug; logged each time).
+        #: Messages and timer runs that raised inside the engine (a bug): all counted, a
+        #: traceback logged for the first of each cause per minute.
         self.internal_errors = 0
+        self.bug_log = RateLimitedLog(log, BUG_LOG_PERIOD)
+        #: What peers do, one line per cause and second at most (transports, resolution).
+        self.peer_log = RateLimitedLog(logging.getLogger("sipdlg.transport"))
         self.lifecycle.metric_sources += [self, self.gc]
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -104,6 +116,7 @@ class SipService:
             log.info(
                 "listening on %s%s", sock, f" as {sock.hostport}" if sock.advertised_host else ""
             )
+        self.listening = True
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
         if self.db is not None:
@@ -112,7 +125,29 @@ class SipService:
             self.db.start(self._release, self.loop, self._wake)
             self.flush()
 
+    def drain(self) -> None:
+        """A graceful stop begins: new INVITEs get 503, and ``/health`` says not ready so that
+        load balancers send new calls elsewhere."""
+        self.draining = True
+        self.engine.stop_accepting()
+
+    def readiness(self) -> dict[str, str]:
+        """The SIP part and the store's for ``GET /health`` (app/observe/health.py)."""
+        if self.draining:
+            sip = "shutting down"
+        elif not self.listening:
+            sip = "not listening"
+        elif any(t.is_closing() for t in self._udp.values()) or not all(
+            s.is_serving() for s in self._tcp_servers
+        ):
+            sip = "a socket is closed"
+        else:
+            sip = "ok"
+        store = "none" if self.db is None else self.db.problem() or "ok"
+        return {"sip": sip, "store": store}
+
     async def stop(self) -> None:
+        self.listening = False
         await self.lifecycle.stop()
         if self._sweeper:
             self._sweeper.cancel()
@@ -133,9 +168,11 @@ class SipService:
         callid = ""
         try:
             callid = engine.receive(data, sock, src, conn, self.loop.time())
-        except Exception:  # a bug must cost one message, never the server
-            log.exception("error processing a message from %s:%s", src[0], src[1])
+        except Exception as exc:  # a bug must cost one message, never the server
             self.internal_errors += 1
+            self.bug_log.exception(
+                exception_cause(exc), "error processing a message from %s:%s", src[0], src[1]
+            )
         if db is None or not db.realtime or db.release is None:
             self.flush()
             return
@@ -268,9 +305,9 @@ class SipService:
         self._timer_when = float("inf")
         try:
             self.engine.handle_timers(self.loop.time())
-        except Exception:
-            log.exception("error in a timer")
+        except Exception as exc:
             self.internal_errors += 1
+            self.bug_log.exception(exception_cause(exc), "error in a timer")
         self.flush()
 
     # -- sending ------------------------------------------------------------------------------
@@ -306,8 +343,8 @@ class SipService:
     async def _resolve_and_send(self, item: Send) -> None:
         try:
             infos = await self.loop.getaddrinfo(item.host, item.port, type=2)
-        except OSError as exc:
-            log.info("cannot resolve %s: %s", item.host, exc)
+        except (OSError, UnicodeError) as exc:
+            self.peer_log.info(f"resolve {item.host}", "cannot resolve %s: %s", item.host, exc)
             return
         if infos:
             address = infos[0][4][0]
@@ -331,7 +368,9 @@ class SipService:
             try:
                 await self.loop.create_connection(lambda: conn, host, port)
             except OSError as exc:
-                log.info("tcp connect to %s:%s failed: %s", host, port, exc)
+                self.peer_log.info(
+                    f"connect {host}:{port}", "tcp connect to %s:%s failed: %s", host, port, exc
+                )
                 conn.connection_lost(exc)
 
         self.loop.create_task(open_connection())
@@ -341,6 +380,22 @@ class SipService:
         self._conns[conn.conn_id] = conn
         self._conn_by_peer[conn.peer] = conn
         self.engine.stream_opened()
+
+    def stream_failed(self, conn: TcpConnection, error: SipError, head: bytes) -> None:
+        """A TCP peer broke the framing rules: the engine answers what it can read of the
+        message (400, 513), then the connection closes (its stream position is lost)."""
+        self.peer_log.info(
+            f"framing {error.reason}",
+            "tcp %s:%s: %s; closing",
+            conn.peer[0],
+            conn.peer[1],
+            error.reason,
+        )
+        self.engine.stream_error(
+            head, error, conn.socket, conn.peer, conn.conn_id, self.loop.time()
+        )
+        self.flush()
+        conn.close()
 
     def tcp_closed(self, conn: TcpConnection) -> None:
         if self._conns.get(conn.conn_id) is conn:
