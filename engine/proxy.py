@@ -166,10 +166,23 @@ class Engine:
         """The shell accepted or opened a stream connection (OpenSIPS's ``tcp_connections``)."""
         self.stats.tcp_connections += 1
 
-    def stream_error(self) -> None:
-        """A stream the shell frames (TCP) broke the framing rules and was closed: counted
-        with the messages that failed to parse."""
+    def stream_error(
+        self,
+        head: bytes,
+        error: SipError,
+        socket: Socket,
+        src: tuple[str, int],
+        conn: int | None,
+        now: float,
+    ) -> None:
+        """A stream the shell frames (TCP) broke the framing rules (``error`` from
+        :class:`engine.framing.StreamFramer`) and is about to be closed: counted with the
+        messages that failed to parse, and a request answered (400, 513) from the header
+        lines of ``head`` that can be read, so the sender learns why."""
+        self.now = now
         self.stats.parse_errors += 1
+        if error.status and head and not head.startswith((b"SIP/", b"ACK ")):
+            self._reply_to_garbage(head, error, socket, src, conn)
 
     def stop_accepting(self) -> None:
         """From now on new INVITEs get 503 (a graceful shutdown)."""

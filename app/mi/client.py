@@ -17,6 +17,7 @@ import re
 import shlex
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -114,6 +115,23 @@ def call(
     return reply["result"]
 
 
+def health_url(mi_url: str | None) -> str:
+    """``GET /health`` on the server of ``mi_url`` ($SIPDLG_MI_URL), else the default MI's."""
+    parts = urllib.parse.urlsplit(mi_url or DEFAULT_URL)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/health", "", ""))
+
+
+def check_health(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """(ready, what the server said) for ``sipdlg health`` (Docker's HEALTHCHECK)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status == 200, reply.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        return False, exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"cannot reach {url}: {exc}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sipdlg mi",
@@ -121,9 +139,20 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples: sipdlg mi dlg_list | sipdlg mi dlg_list callid=abc@h | "
         "sipdlg mi dlg_end_dlg baa.2d206994 | sipdlg mi get_statistics dialog:",
     )
-    p.add_argument("--url", default=os.environ.get("SIPDLG_MI_URL", DEFAULT_URL))
-    p.add_argument("--token", default=os.environ.get("SIPDLG_MI_TOKEN"), help="Bearer token")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument(
+        "--url",
+        default=os.environ.get("SIPDLG_MI_URL", DEFAULT_URL),
+        help=f"the MI to call: $SIPDLG_MI_URL when set, else {DEFAULT_URL} "
+        "(the address of `sipdlg serve --mi-listen`, path /mi; now %(default)s)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SIPDLG_MI_TOKEN"),
+        help="the MI's --mi-token, sent as a Bearer token (default $SIPDLG_MI_TOKEN)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (30)"
+    )
     p.add_argument("-j", dest="as_json", action="store_true", help="parse values as JSON")
     p.add_argument("method")
     p.add_argument("args", nargs="*", help="name=value ... or value ...")
@@ -147,4 +176,4 @@ if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
 
 
-__all__ = ["build_params", "call", "main", "MiCallError"]
+__all__ = ["build_params", "call", "check_health", "health_url", "main", "MiCallError"]
