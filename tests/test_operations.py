@@ -353,3 +353,18 @@ async def test_an_engine_bug_logs_one_traceback_per_minute_and_counts_all(
     assert len(tracebacks) == 1 and len(caplog.records) == 1
     assert "KeyError" in caplog.text
     assert service.internal_errors == 500
+
+
+def test_mi_output_into_head_is_no_traceback(sipdlg_server: Server) -> None:
+    """``sipdlg mi get_statistics all | head -0``: the reader is gone before the answer is
+    written (the README pipes MI output into other commands)."""
+    server = sipdlg_server(db="none")
+    proc = subprocess.run(
+        f"{sys.executable} -m app.cli mi --url {server.mi_url} get_statistics all | head -0",
+        shell=True,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stderr == ""

@@ -168,7 +168,10 @@ def main(argv: list[str]) -> int:
     except MiCallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=4, ensure_ascii=False))
+    try:
+        print(json.dumps(result, indent=4, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # `sipdlg mi ... | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
