@@ -24,10 +24,14 @@ def parse_number(text: str, maximum: int, what: str) -> int:
     before ``int()`` so that a kilobyte of nines costs nothing.  400 otherwise."""
     if not text.isascii() or not text.isdigit():
         raise _err(f"Malformed {what}")
-    significant = text.lstrip("0")
-    if len(significant) > len(str(maximum)) or int(significant or "0") > maximum:
+    if len(text) > 9:  # leading zeros, or past a bound: never hand int() a thousand digits
+        text = text.lstrip("0") or "0"
+        if len(text) > len(str(maximum)):
+            raise _err(f"{what} too large")
+    number = int(text)
+    if number > maximum:
         raise _err(f"{what} too large")
-    return int(significant or "0")
+    return number
 
 
 _ANGLED_LIST = re.compile(r"(?:[^,<]|<[^>]*>?)+")
