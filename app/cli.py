@@ -27,6 +27,8 @@ INT_OPTIONS = """
 --ended-records N ended calls kept (10000)
 --webhook-timeout S per webhook POST (5)
 --event-queue N events queued per consumer (1000)
+--fr-timeout S skip a silent next hop after (5)
+--probe-interval S OPTIONS probes of next hops (0: off)
 """
 
 
@@ -41,8 +43,23 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument(
         "--next-hop",
-        metavar="[PROTO:]HOST:PORT",
-        help="send every initial request here (like $du); default: route by Request-URI",
+        action="append",
+        metavar="[PROTO:]HOST[:PORT][;priority=N][;weight=N]",
+        help="send every initial request here (repeatable: failover by priority, as OpenSIPS's "
+        "dispatcher; a name without port is found by DNS SRV); default: by Request-URI",
+    )
+    p.add_argument(
+        "--relay-allow",
+        action="append",
+        metavar="CIDR|DOMAIN",
+        help="without --next-hop, where a Request-URI may lead (repeatable; default loopback)",
+    )
+    p.add_argument(
+        "--dns-server",
+        dest="dns_servers",
+        action="append",
+        metavar="IP[:PORT]",
+        help="DNS server for RFC 3263 routing (repeatable; default /etc/resolv.conf)",
     )
     p.add_argument(
         "--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888), or none"

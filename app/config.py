@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.dialog import Socket
-from engine.proxy import NextHop
+from engine.dispatcher import Destination, parse_destination
 
 
 class ConfigError(ValueError):
@@ -24,7 +24,17 @@ class ConfigError(ValueError):
 @dataclass
 class Settings:
     listen: list[str] = field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
-    next_hop: str | None = None
+    #: Next hops of initial requests, tried in order of priority (OpenSIPS's dispatcher):
+    #: ``[proto:]HOST[:PORT][;priority=N][;weight=N]``; a name without port is found by SRV.
+    next_hop: list[str] = field(default_factory=list)
+    #: Without a next hop, the networks and domains a Request-URI may send a request to.
+    relay_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    #: Seconds without any answer before a silent next hop is skipped for the next one.
+    fr_timeout: int = 5
+    #: Seconds between OPTIONS probes of the next hops (0: off; OpenSIPS's default is 10).
+    probe_interval: int = 0
+    #: DNS servers for RFC 3263 routing, ``IP[:PORT]`` (default: /etc/resolv.conf's).
+    dns_servers: list[str] = field(default_factory=list)
     mi_listen: str = "127.0.0.1:8888"
     mi_token: str | None = None
     mi_allow: list[str] = field(default_factory=list)
@@ -63,8 +73,25 @@ class Settings:
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
 
-    def next_hop_target(self) -> NextHop | None:
-        return parse_next_hop(self.next_hop) if self.next_hop else None
+    def has_wildcard_listen(self) -> bool:
+        return any(s.host in ("0.0.0.0", "::") for s in self.sockets())
+
+    def destinations(self) -> list[Destination]:
+        return [parse_next_hop(text) for text in self.next_hop]
+
+    def dns_server_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for text in self.dns_servers:
+            if text.rpartition(":")[2].isdigit() and (text.count(":") == 1 or "]" in text):
+                out.append(split_host_port(text, "dns_servers"))
+            else:
+                out.append((text.strip("[]"), 53))
+        for host, _ in out:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"dns_servers: {host!r} is not an IP address") from None
+        return out
 
     def stores_changes(self) -> bool:
         """Whether dialog changes are written as they happen (a database, not ``shutdown``
@@ -91,10 +118,12 @@ class Settings:
 HOST_NAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
-LIST_FIELDS = {"listen", "mi_allow", "webhook"}
+LIST_FIELDS = {"listen", "mi_allow", "webhook", "next_hop", "relay_allow", "dns_servers"}
 BOOL_FIELDS = {"bye_on_timeout"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "fr_timeout",
+    "probe_interval",
     "db_update_period",
     "ended_retention",
     "ping_interval",
@@ -174,14 +203,12 @@ def parse_socket(text: str) -> Socket:
     return Socket(proto, host, port, adv_host.lower(), adv_port)
 
 
-def parse_next_hop(text: str) -> NextHop:
-    """``[proto:]HOST:PORT``; without proto the inbound transport is kept."""
-    proto: str | None = None
-    head, sep, rest = text.partition(":")
-    if sep and head.lower() in ("udp", "tcp"):
-        proto, text = head.lower(), rest
-    host, port = split_host_port(text, "--next-hop")
-    return NextHop(proto, host, port)
+def parse_next_hop(text: str) -> Destination:
+    """``[proto:]HOST[:PORT][;priority=N][;weight=N]`` or a ``sip:`` URI."""
+    try:
+        return parse_destination(text)
+    except ValueError as exc:
+        raise ConfigError(f"--next-hop: {exc}") from None
 
 
 def _listen_entry(value: Any) -> str:
@@ -197,9 +224,22 @@ def _listen_entry(value: Any) -> str:
     return str(value)
 
 
+def _next_hop_entry(value: Any) -> str:
+    """A TOML ``next_hop`` item: a string, or ``{target = "...", priority = N, weight = N}``."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"target", "priority", "weight"}
+        if unknown or "target" not in value:
+            raise ConfigError(f"next_hop: expected {{target, priority, weight}}, got {value!r}")
+        extra = "".join(f";{k}={value[k]}" for k in ("priority", "weight") if k in value)
+        return f"{value['target']}{extra}"
+    return str(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "listen" and isinstance(value, list):
         return [_listen_entry(v) for v in value]
+    if name == "next_hop" and isinstance(value, list):
+        return [_next_hop_entry(v) for v in value]
     if name in LIST_FIELDS:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
@@ -253,7 +293,10 @@ def load_settings(
 
 def validate(settings: Settings) -> None:
     settings.sockets()
-    settings.next_hop_target()
+    settings.destinations()
+    settings.dns_server_addresses()
+    if settings.fr_timeout <= 0 or settings.probe_interval < 0:
+        raise ConfigError("fr_timeout must be positive, probe_interval not negative")
     settings.mi_address()
     settings.header_values()
     if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):

@@ -18,7 +18,8 @@ import time
 from collections import Counter
 
 from engine.dialog import Socket
-from engine.proxy import Engine, EngineConfig, NextHop
+from engine.dispatcher import Destination
+from engine.proxy import Engine, EngineConfig
 
 PROXY = Socket("udp", "127.0.0.1", 5060)
 UAC = ("127.0.0.1", 5061)
@@ -105,7 +106,7 @@ def run(calls: int, census: bool = False) -> tuple[float, int]:
     if census:
         gc.collect()
         before = Counter(type(o).__name__ for o in gc.get_objects())
-    eng = Engine([PROXY], EngineConfig(next_hop=NextHop(None, *UAS)), rng=random.Random(1))
+    eng = Engine([PROXY], EngineConfig(next_hops=[Destination(None, *UAS)]), rng=random.Random(1))
     now = 0.0
     messages = 0
     start = time.perf_counter()

@@ -32,7 +32,8 @@ from _common import Mi, print_header, rss_bytes, wait_stat
 from engine_calls import PROXY, UAS, call_up, hang_up
 from helpers import SipdlgProcess, Sipp
 
-from engine.proxy import Engine, EngineConfig, NextHop
+from engine.dispatcher import Destination  # noqa: E402
+from engine.proxy import Engine, EngineConfig
 
 KIB = 1024
 
@@ -279,7 +280,8 @@ def _build(calls: int, lean_cancel: bool) -> dict:
 
         timers_mod.Timer.cancel = cancel  # type: ignore[method-assign]
     try:
-        eng = Engine([PROXY], EngineConfig(next_hop=NextHop(None, *UAS)), rng=random.Random(1))
+        config = EngineConfig(next_hops=[Destination(None, *UAS)])
+        eng = Engine([PROXY], config, rng=random.Random(1))
         now = 0.0
         tracemalloc.start(1)
         held_calls(eng, 0, 20, now)  # warm-up: caches, interned names (few: the timer heap's
@@ -396,7 +398,8 @@ def cancel_retention(calls: int, lean: bool) -> list[str]:
     lines = []
     try:
         gc.collect()
-        eng = Engine([PROXY], EngineConfig(next_hop=NextHop(None, *UAS)), rng=random.Random(2))
+        config = EngineConfig(next_hops=[Destination(None, *UAS)])
+        eng = Engine([PROXY], config, rng=random.Random(2))
         tracemalloc.start(1)
         base = tracemalloc.get_traced_memory()[0]
         held_calls(eng, 0, calls, 0.0)

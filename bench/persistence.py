@@ -40,18 +40,19 @@ from engine_calls import PROXY, UAC, UAS, in_dialog, invite, reply_to  # noqa: E
 from app.store.persistence import Persistence  # noqa: E402
 from app.store.sqlite import SqliteStore  # noqa: E402
 from engine.dialog import CalleeLeg, Dialog, DlgState, Socket  # noqa: E402
+from engine.dispatcher import Destination  # noqa: E402
 from engine.dlg_db import dialog_row, restore_dialogs  # noqa: E402
 from engine.dlg_records import RecordRing, make_record  # noqa: E402
 from engine.dlg_table import callid_hash  # noqa: E402
 from engine.events import DialogChanged, DialogEnded  # noqa: E402
-from engine.proxy import Engine, EngineConfig, NextHop  # noqa: E402
+from engine.proxy import Engine, EngineConfig  # noqa: E402
 
 # --------------------------------------------------------------------------------- engine
 
 
 def engine_run(calls: int, db: str | None, batch: int, sync: str = "normal") -> float:
     """calls/s through one engine; ``db`` a file (realtime persistence) or None."""
-    config = EngineConfig(next_hop=NextHop(None, *UAS), report_changes=db is not None)
+    config = EngineConfig(next_hops=[Destination(None, *UAS)], report_changes=db is not None)
     eng = Engine([PROXY], config, rng=random.Random(1))
     ring = RecordRing(10000)  # ended-call records written too, as in the server
     persist = None

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from . import dlg_ping, dlg_timer
-from .address import split_values, uri_target
+from . import dlg_ping, dlg_timer, failover
+from .address import split_values
 from .dialog import Dialog, DlgEvent, DlgState, EndReason, Socket
 from .dlg_life import fail, terminate, transition
+from .locator import locate
 from .message import ENCODING, ERRORS, SipError, SipMessage
 from .transaction import ClientTransaction, ServerTransaction
 
@@ -168,10 +169,17 @@ def route_in_dialog(
             if method != "ACK":
                 raise SipError(481, "Call/Transaction Does Not Exist")
             return
-        # A dialog we do not track (or a request merely routed through us): route it.
+        if own_route is None:
+            # Neither our dialog nor our Route: not ours to forward (OpenSIPS's 404), and
+            # never sent to wherever its Request-URI points (no open relay).
+            if method != "ACK":
+                raise SipError(404, "Not Here")
+            return
+        # A dialog we record-routed without tracking it (SUBSCRIBE, REFER): sent on only to
+        # an allowed destination, since its target comes from the message.
         if stx is not None:
             stx.dialog = None
-        _send_on(eng, msg, stx, socket, None, 0, conn=None)
+        _send_on(eng, msg, stx, socket, None, 0, conn=None, checked=True)
         return
     if dlg.state is DlgState.DELETED:
         if method == "ACK":
@@ -238,12 +246,14 @@ def _send_on(
     dlg: Dialog | None,
     direction: int,
     conn: int | None,
+    checked: bool = False,
 ) -> None:
-    """Forward to the first Route, else to the Request-URI."""
+    """Forward to the first Route, else to the Request-URI; ``checked``: only to a
+    destination the relay policy allows."""
     routes = msg.get("route")
     uri = _uri_of(split_values(routes)[0]) if routes else msg.ruri
-    proto, host, port = uri_target(uri, default.proto)
-    out = eng.socket_for(proto, default, host)
-    if proto != "tcp":
-        conn = None
-    eng.forward(msg, stx, out, host, port, conn, dlg, direction)
+    where = locate(uri, default.proto)
+    if checked and not eng.relay.allows(where):
+        raise SipError(403, "Relay Forbidden")
+    attempt = failover.Attempt(msg, stx, default, dlg, direction, conn, False, [(None, where)])
+    failover.advance(eng, attempt)

@@ -116,9 +116,8 @@ def send_within(
         ("CSeq", f"{cseq} {method}"),
         ("Call-ID", dlg.callid),
         ("Max-Forwards", "70"),
+        *user_agent(eng),
     ]
-    if eng.config.user_agent_header:
-        headers.append(("User-Agent", eng.config.user_agent_header))
     data, msg = build_request(method, ruri, headers, extra)
     ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
     ctx.dialog = dlg
@@ -126,6 +125,12 @@ def send_within(
     eng.client_txns[(branch, method)] = ctx
     ctx.start(data)
     return ctx
+
+
+def user_agent(eng: Engine) -> list[tuple[str, str]]:
+    """The User-Agent of a request the engine sends itself, if the settings want one."""
+    value = eng.config.user_agent_header
+    return [("User-Agent", value)] if value else []
 
 
 def build_request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .dialog import Dialog, DlgState, Socket
+from .locator import Query
 
 
 class Send(NamedTuple):
@@ -78,4 +79,20 @@ class DialogEnded(NamedTuple):
     dialog: Dialog
 
 
-Event = StateChanged | DialogChanged | DialogEnded
+class Resolve(NamedTuple):
+    """The shell must resolve ``query`` (RFC 3263) and answer with ``Engine.resolved``;
+    requests for it wait in the engine meanwhile."""
+
+    query: Query
+
+
+class DestinationChanged(NamedTuple):
+    """A next hop went down (``Probing``: it refused, timed out or answered 503) or came
+    back (``Active``); ``reason`` says why it went down.  Logged once per change."""
+
+    uri: str
+    state: str
+    reason: str
+
+
+Event = StateChanged | DialogChanged | DialogEnded | Resolve | DestinationChanged

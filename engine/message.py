@@ -442,6 +442,11 @@ def validate_request(msg: SipMessage) -> None:
         host_part = ruri.rpartition("@")[2]
         if "?" in host_part:
             raise SipError(400, "Headers are not allowed in the Request-URI")
+        hostport = host_part.partition(";")[0]
+        if "@" not in ruri:
+            hostport = hostport.partition(":")[2]  # after the scheme
+        if hostport.count(":") > 1 and not hostport.startswith("["):
+            raise SipError(400, "IPv6 address without brackets in the Request-URI")  # RFC 5118
     num, method = msg.cseq
     if method != msg.method:
         if msg.method not in KNOWN_METHODS:

@@ -14,14 +14,17 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer
-from .address import parse_number, parse_uri, split_values, uri_target
+from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer, failover, probing
+from .address import parse_number, parse_uri, split_values
 from .dialog import Dialog, DlgState, EndReason, Socket
+from .dispatcher import Destination, DestinationSet, DsState
 from .dlg_table import DialogTable
-from .events import DialogChanged, DialogEnded, Event, Send, StateChanged
+from .events import DialogChanged, DialogEnded, Event, Resolve, Send, StateChanged
+from .locator import Locator, Query, Target, locate
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
+from .relay import RelayPolicy
 from .stats import Stats
 from .timers import TimerQueue
 from .transaction import ClientTransaction, ServerTransaction, TxState
@@ -42,17 +45,18 @@ MAX_DATAGRAM = {4: 65507, 6: 65527}
 
 
 @dataclass(slots=True)
-class NextHop:
-    """Where initial requests go (OpenSIPS ``$du``); ``proto`` None keeps the inbound one."""
-
-    proto: str | None
-    host: str
-    port: int
-
-
-@dataclass(slots=True)
 class EngineConfig:
-    next_hop: NextHop | None = None
+    #: Where initial requests go (OpenSIPS's dispatcher set); empty: by Request-URI.
+    next_hops: list[Destination] = field(default_factory=list)
+    #: Without next hops, the networks and domains a Request-URI may send a request to (an
+    #: address taken from a message is otherwise never used: no open relay).
+    relay_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: Seconds without any response before a silent target is skipped for the next.
+    fr_timeout: float = 5.0
+    #: Seconds between OPTIONS probes of the next hops (0: only calls find them up again).
+    probe_interval: float = 0.0
+    #: Further addresses that are this host (what a wildcard socket receives on).
+    local_hosts: tuple[str, ...] = ()
     default_timeout: int = 43200
     hash_size: int = 4096
     max_message_size: int = 65536
@@ -105,9 +109,8 @@ class Engine:
         self._events: list[Event] = []
         self._accepting = True
         self._report_states = True
-        self._local_hosts = {s.host for s in sockets} | {
-            s.advertised_host for s in sockets if s.advertised_host
-        }
+        self._local_hosts = {s.host for s in sockets} | set(self.config.local_hosts)
+        self._local_hosts |= {s.advertised_host for s in sockets if s.advertised_host}
         self._local_ports = {s.port for s in sockets} | {
             s.advertised_port for s in sockets if s.advertised_port
         }
@@ -115,6 +118,12 @@ class Engine:
         self._branch_prefix = f"z9hG4bK{self.rng.getrandbits(32):x}."
         self._branch_seq = 0
         self._tag = f"{self.rng.getrandbits(32):x}"
+        self.locator = Locator()
+        hops = self.config.next_hops
+        self.relay = RelayPolicy(self.config.relay_allow, tuple(d.host for d in hops))
+        self.dispatcher = DestinationSet(hops, self.rng) if hops else None
+        if self.dispatcher is not None and self.config.probe_interval > 0:
+            probing.start(self, self.config.probe_interval)
 
     # -- shell interface ------------------------------------------------------------------------
 
@@ -161,6 +170,46 @@ class Engine:
         """Re-arm a live dialog's lifetime (MI ``dlg_set_timeout``); False if it ended."""
         self.now = now
         return dlg_timer.set_lifetime(self, dlg, seconds)
+
+    def resolved(self, query: Query, targets: Sequence[Target], ttl: float, now: float) -> None:
+        """The shell's answer to a ``Resolve``: the targets in the order to try them (empty:
+        the name does not resolve), cached for ``ttl`` seconds; waiting requests go on."""
+        self.now = now
+        for resume in self.locator.store(query, tuple(targets), ttl, now):
+            resume()
+
+    def transport_error(self, proto: str, host: str, port: int, reason: str, now: float) -> None:
+        """Nothing can be sent to ``proto:host:port`` (ICMP unreachable, a refused or failed
+        TCP/TLS connection): what waits for its first answer from there goes to the next
+        target, or fails at once with a 503, instead of timing out."""
+        self.now = now
+        stuck = [
+            ctx
+            for ctx in self.client_txns.values()
+            if ctx.port == port
+            and ctx.host == host
+            and ctx.socket.proto == proto
+            and ctx.state in (TxState.CALLING, TxState.TRYING)
+        ]
+        for ctx in stuck:
+            attempt = ctx.attempt
+            retried = failover.retry(self, ctx, reason)
+            ctx.abandon()
+            if retried:
+                continue
+            if ctx.handler is not None:
+                ctx.handler(ctx, None)
+            elif attempt is not None:
+                failover.give_up(self, attempt)
+
+    def set_destination_state(self, address: str, state: str, now: float) -> bool:
+        """MI ``ds_set_state``: a next hop by URI or ``host[:port]``; False if none."""
+        self.now = now
+        dest = self.dispatcher.find(address) if self.dispatcher is not None else None
+        if dest is None:
+            return False
+        failover.set_state(self, dest, state, "" if state == DsState.ACTIVE else "MI", by_mi=True)
+        return True
 
     def stream_opened(self) -> None:
         """The shell accepted or opened a stream connection (OpenSIPS's ``tcp_connections``)."""
@@ -233,6 +282,13 @@ class Engine:
 
     def dialog_ended(self, dlg: Dialog) -> None:
         self._events.append(DialogEnded(dlg))
+
+    def queue_event(self, event: Event) -> None:
+        self._events.append(event)
+
+    def resolve(self, query: Query) -> None:
+        """Ask the shell to resolve ``query`` (requests wait in :attr:`locator`)."""
+        self._events.append(Resolve(query))
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -428,8 +484,6 @@ class Engine:
             self._route(msg, stx, socket, src, conn)
         except SipError as exc:
             if stx is not None:
-                if stx.dialog is not None and method == "INVITE" and not msg.to.tag:
-                    dlg_life.fail(self, stx.dialog)  # created, never sent on
                 self.reply(stx, exc.status or 500, exc.reason)
 
     def _fix_via(self, msg: SipMessage, src: tuple[str, int]) -> None:
@@ -488,26 +542,25 @@ class Engine:
             return  # an ACK without To-tag and no transaction: nothing to do
         if not self._accepting and method == "INVITE":
             raise SipError(503, "Service Unavailable")
-        hop = self.config.next_hop
-        if hop is not None:
-            proto = hop.proto or socket.proto
-            host, port = hop.host, hop.port
+        hops: list[tuple[Destination | None, failover.Where]]
+        if self.dispatcher is not None:
+            hops = [(d, d.where(socket.proto)) for d in self.dispatcher.order()]
+            if not hops:
+                raise SipError(503, "No Destination Available")
         else:
             if self.is_local_uri(msg.ruri):
                 raise SipError(404, "Not Found")
-            proto, host, port = uri_target(msg.ruri, socket.proto)
-        out = self.socket_for(proto, socket, host)
+            where = locate(msg.ruri, socket.proto)
+            if not self.relay.allows(where):
+                raise SipError(403, "Relay Forbidden")
+            hops = [(None, where)]
         dlg = None
         if method == "INVITE":
             dlg = dlg_handlers.create_dialog(self, msg, socket, src, conn)
             if stx is not None:
                 stx.dialog = dlg
-        if method in RECORD_ROUTED:
-            did = dlg.did if dlg is not None else "0"
-            if out is not socket:
-                msg.add_first("Record-Route", self.record_route(socket, did))
-            msg.add_first("Record-Route", self.record_route(out, did))
-        self.forward(msg, stx, out, host, port, None, dlg)
+        attempt = failover.Attempt(msg, stx, socket, dlg, 0, None, method in RECORD_ROUTED, hops)
+        failover.advance(self, attempt)
 
     def forward(
         self,
@@ -519,8 +572,9 @@ class Engine:
         conn: int | None,
         dlg: Dialog | None,
         direction: int = 0,
-    ) -> None:
-        """Send a request on: Max-Forwards, our Via, then a client transaction (not for ACK)."""
+    ) -> ClientTransaction | None:
+        """Send a request on: Max-Forwards, our Via, then a client transaction (not for ACK,
+        which gets none and returns None)."""
         mf = msg.get("max-forwards")
         if mf is None:
             msg.add_before("via", "Max-Forwards", "70")
@@ -534,7 +588,7 @@ class Engine:
             data = self.encode_for(out, msg)
             self.stats.fwd_requests += 1
             self.send(out, host, port, conn, data)
-            return
+            return None
         branch = self.new_branch()
         msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch};rport")
         data = self.encode_for(out, msg)
@@ -549,11 +603,13 @@ class Engine:
         self.client_txns[(branch, ctx.method)] = ctx
         self.stats.fwd_requests += 1
         ctx.start(data)
+        return ctx
 
     @staticmethod
     def encode_for(out: Socket, msg: SipMessage) -> bytes:
-        """``msg`` as bytes to send from ``out``; 513 if UDP cannot carry it (RFC 3261
-        §18.1.1 would switch to TCP, which a UDP-only next hop cannot take: we answer)."""
+        """``msg`` as bytes to send from ``out``; SipError 513 if UDP cannot carry it, which
+        :func:`engine.failover.advance` answers (RFC 3261 §18.1.1 would switch to TCP, which a
+        UDP-only next hop cannot take: docs/operations.md)."""
         data = msg.to_bytes()
         if out.proto == "udp" and len(data) > MAX_DATAGRAM[out.family]:
             raise SipError(513, "Message Too Large")
@@ -656,6 +712,7 @@ class Engine:
         txn.client = None
 
     def client_terminated(self, txn: ClientTransaction) -> None:
+        txn.attempt = None
         key = (txn.branch, txn.method)
         if self.client_txns.get(key) is txn:
             del self.client_txns[key]
@@ -665,6 +722,10 @@ class Engine:
             txn.handler(txn, msg)
             return
         status = msg.status
+        if txn.attempt is not None:
+            if status == 503 and failover.retry(self, txn, f"503 from {txn.host}:{txn.port}"):
+                return
+            failover.answered(self, txn)
         if txn.cancel_pending and status < 200:
             txn.cancel_pending = False
             dlg_req_within.send_cancel(self, txn)
@@ -681,7 +742,20 @@ class Engine:
         self.stats.fwd_replies += 1
         stx.respond(status, msg.to_bytes())
 
+    def client_stalled(self, txn: ClientTransaction) -> None:
+        if txn.handler is not None:  # a probe: silence is its answer
+            txn.abandon()
+            txn.handler(txn, None)
+            return
+        seconds = self.config.fr_timeout
+        if failover.retry(self, txn, f"no answer from {txn.host}:{txn.port} in {seconds:g} s"):
+            txn.abandon()
+
     def client_timeout(self, txn: ClientTransaction) -> None:
+        if txn.state is TxState.TERMINATED and failover.retry(
+            self, txn, f"no answer from {txn.host}:{txn.port}"
+        ):
+            return
         if txn.handler is not None:
             txn.handler(txn, None)
             return

@@ -18,6 +18,7 @@ from .timers import Timer, TimerQueue
 
 if TYPE_CHECKING:
     from .dialog import Dialog
+    from .failover import Attempt
 
 _REPLY_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
 
@@ -50,6 +51,8 @@ class TransactionUser(Protocol):
     def client_response(self, txn: ClientTransaction, msg: SipMessage) -> None: ...
 
     def client_timeout(self, txn: ClientTransaction) -> None: ...
+
+    def client_stalled(self, txn: ClientTransaction) -> None: ...
 
     def count_retransmission(self) -> None: ...
 
@@ -215,6 +218,8 @@ class ClientTransaction:
         "_interval",
         "_timer_end",
         "_timer_c",
+        "_timer_fr",
+        "attempt",
     )
 
     def __init__(
@@ -253,6 +258,9 @@ class ClientTransaction:
         self._interval = T1
         self._timer_end: Timer | None = None
         self._timer_c: Timer | None = None
+        self._timer_fr: Timer | None = None
+        #: The failover state of a proxied request (:mod:`engine.failover`), if any.
+        self.attempt: Attempt | None = None
 
     def start(self, data: bytes) -> None:
         self.data = data
@@ -285,6 +293,22 @@ class ClientTransaction:
             self.state = TxState.TERMINATED
             self.tu.client_timeout(self)
             self.tu.client_terminated(self)
+
+    def arm_failover(self, seconds: float) -> None:
+        """With another target to try, do not wait Timer B's 32 s for one that is silent:
+        after ``seconds`` without any response the user tries the next (OpenSIPS's
+        ``fr_timeout``)."""
+        if seconds > 0:
+            self._timer_fr = self.tu.timers.call_later(self.tu.now, seconds, self._on_stalled)
+
+    def _on_stalled(self) -> None:
+        if self.state in (TxState.CALLING, TxState.TRYING):
+            self.tu.client_stalled(self)
+
+    def abandon(self) -> None:
+        """Stop without a word: another target took over (no response came to cancel)."""
+        if self.state is not TxState.TERMINATED:
+            self._terminate()
 
     def _on_timer_c(self) -> None:
         """Timer C: an INVITE that rings too long is cancelled by the proxy (RFC 3261 §16.8)."""
@@ -355,7 +379,7 @@ class ClientTransaction:
                 self._timer_end = tu.timers.call_later(tu.now, T4, self._terminate)  # Timer K
 
     def _stop_timers(self) -> None:
-        for t in (self._timer_retx, self._timer_end, self._timer_c):
+        for t in (self._timer_retx, self._timer_end, self._timer_c, self._timer_fr):
             if t is not None:
                 t.cancel()
 

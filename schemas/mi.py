@@ -342,6 +342,41 @@ class HelpOut(BaseModel):
     exported_by: str = Field(alias="Exported by")
 
 
+class DestinationOut(BaseModel):
+    """One next hop as OpenSIPS's ``ds_list`` prints it (``weight``/``priority`` with
+    ``full``)."""
+
+    model_config = _STRICT
+    URI: str
+    state: Literal["Active", "Probing", "Inactive"]
+    first_hit_counter: int
+    weight: int | None = None
+    priority: int | None = None
+    reason: str | None = Field(
+        default=None, description="beyond OpenSIPS: why it went down (Probing only)"
+    )
+
+
+class DestinationSetOut(BaseModel):
+    model_config = _STRICT
+    id: int
+    Destinations: list[DestinationOut]
+
+
+class PartitionOut(BaseModel):
+    model_config = _STRICT
+    name: str
+    SETS: list[DestinationSetOut] | None = None
+
+
+class DsListOut(BaseModel):
+    """OpenSIPS 3.x ``ds_list``: partitions, their sets, their destinations (sipdlg has one
+    partition, ``default``, with set 1: the ``next_hop`` setting)."""
+
+    model_config = _STRICT
+    PARTITIONS: list[PartitionOut]
+
+
 OkOut = Literal["OK"]
 StatsOut = dict[str, int]
 StatKindsOut = dict[str, Literal["incremental", "non-incremental"]]
@@ -362,6 +397,10 @@ P_MI_CMD = Param("mi_cmd", "string", "an MI command name")
 P_REVISION = Param("revision", "string", "any value: also report the source revision")
 P_TIMEOUT = Param("timeout", "int", "new remaining lifetime in seconds, from now (> 0)")
 P_STATISTICS = Param("statistics", "array", "statistic names, 'group:' prefixes or 'all'")
+P_FULL = Param("full", "string", "any value: also list weight and priority")
+P_DS_STATE = Param("state", "string", "a (active), i (inactive) or p (probing)")
+P_DS_GROUP = Param("group", "int", "the destination set (1)")
+P_DS_ADDRESS = Param("address", "string", "the destination's URI or host[:port]")
 
 _LIST_ERRORS = [(404, "No such dialog")]
 _END_ERRORS = [(404, "Requested Dialog not found"), (500, "Operation failed")]
@@ -530,6 +569,23 @@ COMMANDS: dict[str, Command] = {
             "Beyond OpenSIPS: ended-call records, newest first: all, by Call-ID, or a page.",
             help="lists the records of ended dialogs (newest first)",
         ),
+        _cmd(
+            "ds_list",
+            "dispatcher",
+            [[], [P_FULL]],
+            DsListOut,
+            "The next hops (set 1 of partition 'default'), their state and first-hit counts.",
+            help="lists the destination sets and the state of each destination",
+        ),
+        _cmd(
+            "ds_set_state",
+            "dispatcher",
+            [[P_DS_STATE, P_DS_GROUP, P_DS_ADDRESS]],
+            OkOut,
+            "Set a next hop's state: a (active), i (inactive: never used), p (probing).",
+            help="sets the state of a destination",
+            errors=[(404, "Destination not found"), (400, "Bad state value")],
+        ),
     )
 }
 
@@ -554,6 +610,7 @@ _RESULT_MODELS: tuple[type[BaseModel], ...] = (
     VersionOut,
     PsOut,
     HelpOut,
+    DsListOut,
 )
 
 

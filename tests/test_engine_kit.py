@@ -19,9 +19,19 @@ from typing import Any
 from helpers.sipmsg import SipMessage as Wire
 
 from engine.dialog import Dialog, Socket
+from engine.dispatcher import Destination
 from engine.dlg_records import RecordRing, make_record
-from engine.events import DialogChanged, DialogStateChanged, Send, StateChanged
-from engine.proxy import Engine, EngineConfig, NextHop
+from engine.events import (
+    DestinationChanged,
+    DialogChanged,
+    DialogStateChanged,
+    Event,
+    Resolve,
+    Send,
+    StateChanged,
+)
+from engine.locator import DEFAULT_PORT, Query, Target
+from engine.proxy import Engine, EngineConfig
 
 PROXY_IP = "127.0.0.1"
 PROXY_PORT = 5060
@@ -62,10 +72,8 @@ class Rig:
     """An engine, a clock, and helpers to feed it and read what it sends."""
 
     def __init__(self, *, next_hop: bool = True, start: float = 1000.0, **config: object) -> None:
-        cfg = EngineConfig(
-            next_hop=NextHop(None, *CALLEE) if next_hop else None,
-            **config,  # type: ignore[arg-type]
-        )
+        config.setdefault("next_hops", [Destination(None, *CALLEE)] if next_hop else [])
+        cfg = EngineConfig(**config)  # type: ignore[arg-type]
         self.eng = Engine([UDP, TCP], cfg, wall_offset=1_700_000_000.0, rng=random.Random(7))
         self.now = start
         #: What the engine reported, drained after every call as the shell does.
@@ -77,12 +85,33 @@ class Rig:
         self.on_ended: Callable[[Dialog], None] | None = None
         #: A store pipeline (app.store.persistence.Persistence) told of every change, when set.
         self.persistence: Any = None
+        #: DNS as the shell would answer it (:meth:`lookup`); queries asked, in order.
+        self.dns: dict[str, list[Target]] = {}
+        self.answer_dns = True
+        self.queries: list[Query] = []
+        self.destination_changes: list[DestinationChanged] = []
 
     # -- feeding ----------------------------------------------------------------------------
 
     def take(self) -> list[Out]:
-        for event in self.eng.take_events():
-            if isinstance(event, StateChanged):
+        sends = list(self.eng.take_sends())
+        while True:
+            events = self.eng.take_events()
+            if not events:
+                break
+            self._dispatch(events)
+            sends += self.eng.take_sends()
+        return [Out(s, Wire(s.data.decode("utf-8", "surrogateescape"))) for s in sends]
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Resolve):
+                self.queries.append(event.query)
+                if self.answer_dns:
+                    self.eng.resolved(event.query, self.lookup(event.query), 60, self.now)
+            elif isinstance(event, DestinationChanged):
+                self.destination_changes.append(event)
+            elif isinstance(event, StateChanged):
                 self.events.append(event.public())
             elif isinstance(event, DialogChanged):
                 self.changes.append(event)
@@ -93,8 +122,14 @@ class Rig:
                     self.records.add(make_record(self.eng, event.dialog))
                 if self.on_ended is not None:
                     self.on_ended(event.dialog)
-        sends = self.eng.take_sends()
-        return [Out(s, Wire(s.data.decode("utf-8", "surrogateescape"))) for s in sends]
+
+    def lookup(self, query: Query) -> list[Target]:
+        """The rig's DNS: names in :attr:`dns`, else the name itself as its address (so a
+        test sees which name a request went to)."""
+        if query.host in self.dns:
+            return self.dns[query.host]
+        proto = query.proto or query.default_proto
+        return [Target(proto, query.host, query.port or DEFAULT_PORT[proto])]
 
     def end_dialog(self, dlg: Dialog, reason: str = "MI Termination", extra: str = "") -> bool:
         """The MI's ``dlg_end_dlg`` at the rig's time; what it sends waits for :meth:`take`."""

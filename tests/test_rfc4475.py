@@ -38,7 +38,9 @@ def answer(*codes: int) -> tuple[str, frozenset[int]]:
 
 EXPECT: dict[str, tuple[tuple, ...]] = {
     # 3.1.1 valid
-    "wsinv": (("accept-routed",),),  # has a To-tag and a Route: loose-routed to that Route
+    # Parsed whole, but a To-tag for no dialog of ours with a foreign Route: refused, never
+    # relayed to the host the message names (no open relay; OpenSIPS answers 404 too).
+    "wsinv": (answer(404),),
     "intmeth": (FORWARD,),
     "esc01": (FORWARD,),
     "escnull": (FORWARD,),
@@ -173,15 +175,17 @@ def ack_for(resp: SipMessage) -> bytes:
 
 
 class Bench:
-    def __init__(self, server: SipdlgProcess, client: Peer, hop: Peer) -> None:
+    def __init__(
+        self, server: SipdlgProcess, client: Peer, hop: Peer, messages: list[bytes]
+    ) -> None:
         self.server = server
         self.client = client
         self.hop = hop
         self.hold: dict[str, SipMessage] = {}  # INVITEs the hop keeps ringing
         self.hop_log: list[SipMessage] = []
-        #: Call-IDs of every file: a message with another file's Call-ID (a late
-        #: retransmission, a 408 for an earlier one) is not counted for the current file.
-        self.callids = {c for c in (call_id_of(p.read_bytes()) for p in DATA.glob("*.dat")) if c}
+        #: Call-IDs of every message: a message with another message's Call-ID (a late
+        #: retransmission, a 408 for an earlier one) is not counted for the current one.
+        self.callids = {c for c in map(call_id_of, messages) if c}
         self.callids.add("inprogress@rfc4475")
         self.current: str | None = None
 
@@ -275,12 +279,6 @@ def _matches(name: str, data: bytes, seen: Seen, outcome: tuple) -> str | None:
             got = [m.start_line for m in seen.at_client + seen.at_hop]
             return f"expected silence, got {got}"
         return None
-    if kind == "accept-routed":
-        if own:
-            return f"proxy answered {own[0].start_line!r}"
-        if not any(m.status == 100 for m in seen.at_client):
-            return "no 100 Trying: INVITE not accepted"
-        return None
     raise AssertionError(kind)
 
 
@@ -290,9 +288,7 @@ def _done(outcomes: tuple[tuple, ...]) -> Callable[[Seen], bool]:
     def until(seen: Seen) -> bool:
         if "forward" in kinds and seen.at_hop:
             return True
-        if "answer" in kinds and _proxy_answers(seen):
-            return True
-        return "accept-routed" in kinds and any(m.status == 100 for m in seen.at_client)
+        return "answer" in kinds and bool(_proxy_answers(seen))
 
     return until
 
@@ -321,6 +317,44 @@ OPTIONS = (
 )
 
 
+def run_cases(
+    bench: Bench,
+    sipdlg_server: Callable[..., SipdlgProcess],
+    hop_port: int,
+    cases: list[tuple[str, bytes, tuple[tuple, ...]]],
+) -> tuple[list[str], list[SipdlgProcess], dict[str, Seen]]:
+    """Send each message and check its outcome; returns the failures, the servers used and
+    what each message caused."""
+    failures = []
+    servers = [bench.server]
+    used_keys: list[set[tuple[str, ...]]] = [set()]
+    seen_by_name: dict[str, Seen] = {}
+    for name, data, outcomes in cases:
+        # Some messages reuse another's branch and sent-by (escnull/regescrt, cparam01/
+        # cparam02, most of RFC 5118's): to a proxy that is a retransmission of the same
+        # transaction (RFC 3261 §17.2.3), so such a message goes to a fresh server instance.
+        key = txn_key(data)
+        gen = next(i for i, keys in enumerate([*used_keys, set()]) if key not in keys)
+        if gen == len(servers):
+            servers.append(sipdlg_server(next_hop=f"{LOOPBACK}:{hop_port}"))
+            used_keys.append(set())
+        if key is not None:
+            used_keys[gen].add(key)
+        bench.server = servers[gen]
+        kinds = {o[0] for o in outcomes}
+        seen = seen_by_name[name] = bench.exchange(
+            data,
+            _done(outcomes),
+            timeout=0.6 if "drop" in kinds else 3,
+            linger=0.15,
+        )
+        why = [_matches(name, data, seen, o) for o in outcomes]
+        if all(w is not None for w in why):
+            failures.append(f"{name}: {'; '.join(why)}")  # type: ignore[arg-type]
+        assert bench.server.running, f"server died after {name}\n{bench.server.log_tail()}"
+    return failures, servers, seen_by_name
+
+
 def test_index_covers_every_file() -> None:
     names = {r["name"] for r in rows()}
     files = {p.stem for p in DATA.glob("*.dat")}
@@ -335,7 +369,7 @@ def test_rfc4475_over_udp(sipdlg_server: Callable[..., SipdlgProcess]) -> None:
     client = Peer(client_port)
     try:
         server = sipdlg_server(next_hop=f"{LOOPBACK}:{hop_port}")
-        bench = Bench(server, client, hop)
+        bench = Bench(server, client, hop, [p.read_bytes() for p in DATA.glob("*.dat")])
 
         # A call rings through the proxy before the torture, and is answered after it.
         bench.hold["inprogress@rfc4475"] = None  # type: ignore[assignment]
@@ -347,42 +381,12 @@ def test_rfc4475_over_udp(sipdlg_server: Callable[..., SipdlgProcess]) -> None:
         )
         assert any(m.status == 180 for m in seen.at_client), seen
 
-        failures = []
-        servers = [server]
-        used_keys: list[set[tuple[str, ...]]] = [set()]
-        for row in rows():
-            name = row["name"]
-            data = (DATA / row["file"]).read_bytes()
-            outcomes = EXPECT[name]
-            # Some files reuse another file's branch and sent-by (escnull/regescrt,
-            # cparam01/cparam02): to a proxy that is a retransmission of the same transaction
-            # (RFC 3261 §17.2.3), so such a file goes to a fresh server instance.
-            key = txn_key(data)
-            gen = next(i for i, keys in enumerate([*used_keys, set()]) if key not in keys)
-            if gen == len(servers):
-                servers.append(sipdlg_server(next_hop=f"{LOOPBACK}:{hop_port}"))
-                used_keys.append(set())
-            if key is not None:
-                used_keys[gen].add(key)
-            bench.server = servers[gen]
-            kinds = {o[0] for o in outcomes}
-            seen = bench.exchange(
-                data,
-                _done(outcomes),
-                timeout=0.6 if "drop" in kinds else 3,
-                linger=0.15,
-            )
-            why = [_matches(name, data, seen, o) for o in outcomes]
-            if all(w is not None for w in why):
-                failures.append(f"{name} ({row['expected']}): {'; '.join(why)}")  # type: ignore[arg-type]
-            if name == "dblreq":
-                # Only the REGISTER, never the INVITE hidden after its Content-Length.
-                methods = [m.method for m in seen.at_hop if m.is_request]
-                assert set(methods) <= {"REGISTER"}, methods
-                assert not any(
-                    "dblreq.0ha0isnda977644900765" in (m.call_id or "") for m in bench.hop_log
-                )
-            assert bench.server.running, f"server died after {name}\n{bench.server.log_tail()}"
+        cases = [(r["name"], (DATA / r["file"]).read_bytes(), EXPECT[r["name"]]) for r in rows()]
+        failures, servers, seen_by_name = run_cases(bench, sipdlg_server, hop_port, cases)
+        # dblreq: only the REGISTER, never the INVITE hidden after its Content-Length.
+        methods = [m.method for m in seen_by_name["dblreq"].at_hop if m.is_request]
+        assert set(methods) <= {"REGISTER"}, methods
+        assert not any("dblreq.0ha0isnda977644900765" in (m.call_id or "") for m in bench.hop_log)
         assert not failures, "\n".join(failures)
 
         # The ringing call is still there: its 200 reaches the caller.

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from engine.dialog import Dialog
+from engine.dispatcher import DestinationSet, DsState
 from engine.dlg_records import RecordRing
 from engine.dlg_table import DialogTable
 from engine.stats import DIALOG_STATS, Stats
@@ -43,6 +44,9 @@ class DialogView(Protocol):
 
     @property
     def stats(self) -> Stats: ...
+
+    @property
+    def dispatcher(self) -> DestinationSet | None: ...
 
 
 class DialogOps(Protocol):
@@ -80,6 +84,10 @@ class DialogOps(Protocol):
 
     def restore_db(self) -> int:
         """Load the stored dialogs missing from memory; how many came.  Raises on failure."""
+        ...
+
+    def set_destination_state(self, address: str, state: str) -> bool:
+        """Set a next hop's state (``DsState``); False if no destination has that address."""
         ...
 
 
@@ -294,6 +302,50 @@ async def dlg_list_ended(service: DialogOps, params: BaseModel) -> Any:
         records = list(ring)
         return {"count": len(records), "Dialogs": records}
     return {"count": len(ring), "Dialogs": ring.page(index, _get(params, "counter"))}
+
+
+# --------------------------------------------------------------------------------------------
+# ds_list, ds_set_state (OpenSIPS's dispatcher: the next hops, docs/network.md)
+# --------------------------------------------------------------------------------------------
+
+DS_STATES = {"a": DsState.ACTIVE, "i": DsState.INACTIVE, "p": DsState.PROBING}
+
+
+@handler("ds_list")
+async def ds_list(service: DialogOps, params: BaseModel) -> Any:
+    """The next hops, as OpenSIPS lists its partitions and sets."""
+    partition: dict[str, Any] = {"name": "default"}
+    dispatcher = service.engine.dispatcher
+    if dispatcher is not None:
+        full = _get(params, "full") is not None
+        dests = []
+        for d in dispatcher.destinations:
+            item: dict[str, Any] = {
+                "URI": d.uri,
+                "state": d.state,
+                "first_hit_counter": d.first_hit_counter,
+            }
+            if full:
+                item["weight"] = d.weight
+                item["priority"] = d.priority
+            if d.reason:
+                item["reason"] = d.reason
+            dests.append(item)
+        partition["SETS"] = [{"id": dispatcher.id, "Destinations": dests}]
+    return {"PARTITIONS": [partition]}
+
+
+@handler("ds_set_state")
+async def ds_set_state(service: DialogOps, params: BaseModel) -> Any:
+    """Take a next hop out of rotation (i), put it back (a) or have it probed (p)."""
+    state = DS_STATES.get(str(_get(params, "state")).lower()[:1])
+    if state is None:
+        raise MiError(400, "Bad state value")
+    if _get(params, "group") != 1:
+        raise MiError(404, "Destination not found")
+    if not service.set_destination_state(_get(params, "address"), state):
+        raise MiError(404, "Destination not found")
+    return "OK"
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,19 +10,30 @@ import socket as socketlib
 import time
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.dialog import Dialog, Socket
+from engine.dispatcher import DsState
 from engine.errors import SipError
-from engine.events import DialogChanged, Send, StateChanged
+from engine.events import (
+    DestinationChanged,
+    DialogChanged,
+    DialogEnded,
+    Resolve,
+    Send,
+    StateChanged,
+)
+from engine.locator import Query
 from engine.proxy import VERSION, Engine, EngineConfig
 
 from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
-from ..observe.metrics import counter
+from ..observe.metrics import counter, gauge
 from ..observe.ratelog import RateLimitedLog, exception_cause
 from ..store.persistence import COMMIT_INTERVAL, Persistence
+from .interfaces import local_addresses
+from .resolver import FAILURE_TTL, Resolver
 from .transport import TcpConnection, UdpEndpoint
 
 log = logging.getLogger("sipdlg")
@@ -31,6 +42,10 @@ UDP_BUFFER = 4 << 20
 #: A bug's traceback is logged once per minute at most; every occurrence is counted in
 #: ``sipdlg_internal_errors_total``.
 BUG_LOG_PERIOD = 60.0
+#: Linux: report ICMP errors (port or host unreachable) on unconnected UDP sockets, with the
+#: address they concern, so that a dead next hop fails over at once (ip(7), ipv6(7)).
+IP_RECVERR = getattr(socketlib, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socketlib, "IPV6_RECVERR", 25)
 
 
 class SipService:
@@ -44,7 +59,11 @@ class SipService:
         self.started_at = time.time()
         server_header, user_agent_header = settings.header_values()
         config = EngineConfig(
-            next_hop=settings.next_hop_target(),
+            next_hops=settings.destinations(),
+            relay_allow=tuple(settings.relay_allow),
+            fr_timeout=float(settings.fr_timeout),
+            probe_interval=float(settings.probe_interval),
+            local_hosts=tuple(local_addresses()) if settings.has_wildcard_listen() else (),
             default_timeout=settings.default_timeout,
             hash_size=settings.hash_size,
             max_message_size=settings.max_message_size,
@@ -60,6 +79,14 @@ class SipService:
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
+        self.resolver = Resolver(
+            settings.dns_server_addresses(),
+            transports={s.proto for s in self.sockets},
+            families={s.family for s in self.sockets},
+        )
+        #: Transport errors: one WARNING per peer and cause a minute, however many messages
+        #: meet it.
+        self.transport_log = RateLimitedLog(log, 60.0)
         # Ended-call records, events (SSE, webhooks), metrics: app/observe/lifecycle.py.
         self.lifecycle = Lifecycle(
             self,
@@ -104,8 +131,9 @@ class SipService:
             expired = self.db.restore(self.loop.time())[1]
         for sock in self.sockets:
             if sock.proto == "udp":
+                udp = _bind_udp(sock)
                 transport, _ = await self.loop.create_datagram_endpoint(
-                    functools.partial(UdpEndpoint, self, sock), sock=_bind_udp(sock)
+                    functools.partial(UdpEndpoint, self, sock, udp), sock=udp
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
             else:
@@ -209,9 +237,50 @@ class SipService:
                     db.note_change(event.dialog, event.state_only)
             elif type(event) is StateChanged:
                 life.state_changed(event)
-            else:
+            elif type(event) is DialogEnded:
                 life.ended(event.dialog)
+            elif type(event) is Resolve:
+                self.loop.create_task(self._resolve(event.query))
+            elif type(event) is DestinationChanged:
+                if event.state == DsState.ACTIVE:
+                    log.info("next hop %s is up", event.uri)
+                else:
+                    log.warning("next hop %s is down: %s", event.uri, event.reason)
         return changed
+
+    async def _resolve(self, query: Query) -> None:
+        """Answer the engine's DNS question (RFC 3263) without blocking the loop."""
+        try:
+            targets, ttl = await self.resolver.locate(query)
+        except Exception as exc:  # a resolver bug or an odd answer: a failed lookup
+            log.warning("DNS lookup of %s failed: %s", query.host, exc)
+            targets, ttl = [], FAILURE_TTL
+        if not targets:
+            self._warn(query.host, 0, "DNS: no address")
+        try:
+            self.engine.resolved(query, targets, ttl, self.loop.time())
+        except Exception as exc:
+            self.internal_errors += 1
+            self.bug_log.exception(
+                exception_cause(exc), "error resuming requests for %s", query.host
+            )
+        self.flush()
+
+    def transport_error(self, proto: str, host: str, port: int, cause: str) -> None:
+        """Nothing can reach ``proto:host:port``: the engine fails over at once."""
+        self._warn(host, port, f"{proto}: {cause}")
+        try:
+            self.engine.transport_error(proto, host, port, cause, self.loop.time())
+        except Exception as exc:
+            self.internal_errors += 1
+            self.bug_log.exception(
+                exception_cause(exc), "error handling a transport error for %s:%s", host, port
+            )
+        self.flush()
+
+    def _warn(self, host: str, port: int, cause: str) -> None:
+        where = f"{host}:{port}" if port else host
+        self.transport_log.warning(f"{where} {cause}", "%s: %s", where, cause)
 
     def metrics(self) -> Iterator[Metric]:
         """The service's part of ``/metrics``."""
@@ -219,6 +288,28 @@ class SipService:
             "sipdlg_internal_errors",
             "Messages and timer runs that raised inside the engine (a bug: see the log)",
             self.internal_errors,
+        )
+        dispatcher = self.engine.dispatcher
+        if dispatcher is not None:
+            up = GaugeMetricFamily(
+                "sipdlg_next_hop_up",
+                "1 while a next hop is Active, 0 while Probing or Inactive (ds_list)",
+                labels=["uri"],
+            )
+            hits = CounterMetricFamily(
+                "sipdlg_next_hop_first_hits",
+                "Requests that chose a next hop first (ds_list first_hit_counter)",
+                labels=["uri"],
+            )
+            for d in dispatcher.destinations:
+                up.add_metric([d.uri], 1.0 if d.state == DsState.ACTIVE else 0.0)
+                hits.add_metric([d.uri], d.first_hit_counter)
+            yield up
+            yield hits
+        yield gauge(
+            "sipdlg_dns_waiting_queries",
+            "DNS queries (RFC 3263) that requests are waiting for",
+            self.engine.locator.pending(),
         )
 
     # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
@@ -245,6 +336,12 @@ class SipService:
         self.db.expire(expired, self.loop.time())
         self.flush()
         return len(restored)
+
+    def set_destination_state(self, address: str, state: str) -> bool:
+        """MI ``ds_set_state``."""
+        ok = self.engine.set_destination_state(address, state, self.loop.time())
+        self.flush()
+        return ok
 
     def _release(self, items: list[Send]) -> None:
         """Messages whose dialog changes are committed (realtime persistence)."""
@@ -341,14 +438,11 @@ class SipService:
         conn.write(item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
-        try:
-            infos = await self.loop.getaddrinfo(item.host, item.port, type=2)
-        except (OSError, UnicodeError) as exc:
-            self.peer_log.info(f"resolve {item.host}", "cannot resolve %s: %s", item.host, exc)
+        address = await self.resolver.address(item.host)
+        if address is None:
+            self.transport_error(item.socket.proto, item.host, item.port, "DNS: no address")
             return
-        if infos:
-            address = infos[0][4][0]
-            self._send(item._replace(host=str(address)))
+        self._send(item._replace(host=address))
 
     # -- TCP ----------------------------------------------------------------------------------
 
@@ -368,10 +462,8 @@ class SipService:
             try:
                 await self.loop.create_connection(lambda: conn, host, port)
             except OSError as exc:
-                self.peer_log.info(
-                    f"connect {host}:{port}", "tcp connect to %s:%s failed: %s", host, port, exc
-                )
                 conn.connection_lost(exc)
+                self.transport_error(sock.proto, host, port, f"connect: {exc.strerror or exc}")
 
         self.loop.create_task(open_connection())
         return conn
@@ -423,6 +515,9 @@ def _bind_udp(sock: Socket) -> socketlib.socket:
     try:
         if family == socketlib.AF_INET6:
             udp.setsockopt(socketlib.IPPROTO_IPV6, socketlib.IPV6_V6ONLY, 1)
+            udp.setsockopt(socketlib.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        else:
+            udp.setsockopt(socketlib.IPPROTO_IP, IP_RECVERR, 1)
         _grow_buffers(udp)
         udp.bind((sock.host, sock.port))
     except OSError as exc:

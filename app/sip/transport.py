@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket as socketlib
 from typing import TYPE_CHECKING
 
 from engine.dialog import Socket
@@ -21,9 +22,11 @@ log = logging.getLogger("sipdlg.transport")
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, service: SipService, socket: Socket) -> None:
+    def __init__(self, service: SipService, socket: Socket, raw: socketlib.socket) -> None:
         self.service = service
         self.socket = socket
+        #: The bound socket itself, whose error queue says which peer an ICMP error is about.
+        self.raw = raw
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -33,8 +36,15 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.service.feed(data, self.socket, (addr[0], addr[1]), None)
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the transaction timers deal with the loss.
-        log.debug("udp %s: %s", self.socket, exc)
+        """ICMP port or host unreachable: read which destination it concerns from the error
+        queue (IP_RECVERR) and let the engine fail over instead of retransmitting for 32 s."""
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        for _ in range(64):
+            try:
+                _, _, _, addr = self.raw.recvmsg(512, 512, socketlib.MSG_ERRQUEUE)
+            except OSError:
+                return
+            self.service.transport_error(self.socket.proto, addr[0], addr[1], cause)
 
 
 class TcpConnection(asyncio.Protocol):

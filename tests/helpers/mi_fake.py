@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.dialog import Dialog, DlgState, Socket
+from engine.dispatcher import DestinationSet
 from engine.dlg_records import RecordRing
 from engine.dlg_table import DialogTable
 from engine.stats import Stats
@@ -72,6 +73,7 @@ def bump(stats: Stats, name: str, delta: int) -> None:
 class FakeEngine:
     dialogs: DialogTable = field(default_factory=lambda: DialogTable(rng=random.Random(7)))
     stats: Stats = field(default_factory=Stats)
+    dispatcher: DestinationSet | None = None
 
 
 @dataclass
@@ -95,6 +97,14 @@ class FakeService:
 
     def db_sync(self) -> None:
         raise AssertionError("no database here")
+
+    def set_destination_state(self, address: str, state: str) -> bool:
+        ds = self.engine.dispatcher
+        dest = ds.find(address) if ds is not None else None
+        if ds is None or dest is None:
+            return False
+        ds.mark(dest, state, "MI", by_mi=True)
+        return True
 
     def restore_db(self) -> int:
         raise AssertionError("no database here")

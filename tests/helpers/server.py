@@ -29,7 +29,8 @@ class SipdlgProcess:
 
     * SIP: ``udp:127.0.0.1:<port>`` and ``tcp:127.0.0.1:<port>`` (one free port
       for both, unless ``port`` is given).
-    * next hop: ``next_hop`` (``[proto:]host:port``) or ``127.0.0.1:<uas_port>``.
+    * next hop: ``next_hop`` (``[proto:]host:port``, or a list of them) or
+      ``127.0.0.1:<uas_port>``.  ``listen``: other sockets than those two.
     * MI: ``mi=True`` → a free port, passed as ``--mi-listen 127.0.0.1:<mi>``;
       ``mi="IP:PORT"`` → passed verbatim; ``mi=False`` → ``--mi-listen none``
       option and no MI readiness check.
@@ -54,8 +55,9 @@ class SipdlgProcess:
         workdir: Path | str,
         *,
         uas_port: int | None = None,
-        next_hop: str | None = None,
+        next_hop: str | Sequence[str] | None = None,
         port: int | None = None,
+        listen: Sequence[str] | None = None,
         mi: bool | str = True,
         ready_timeout: float = 15.0,
         stop_timeout: float = 5.0,
@@ -71,7 +73,17 @@ class SipdlgProcess:
                 uas_port = free_port("both")
             next_hop = f"{LOOPBACK}:{uas_port}"
         self.uas_port = uas_port
-        self.next_hop = next_hop
+        self.next_hop = [next_hop] if isinstance(next_hop, str) else list(next_hop)
+        self.listen = (
+            list(listen)
+            if listen is not None
+            else [
+                f"udp:{LOOPBACK}:{self.port}",
+                f"tcp:{LOOPBACK}:{self.port}",
+            ]
+        )
+        #: With its own sockets the server is ready once its MI answers (bound after them).
+        self.check_sip_port = listen is None
         self.mi_port: int | None = None
         self.mi_listen: str | None = None
         if mi is True:
@@ -125,13 +137,11 @@ class SipdlgProcess:
             "-m",
             "app.cli",
             "serve",
-            "--listen",
-            f"udp:{LOOPBACK}:{self.port}",
-            "--listen",
-            f"tcp:{LOOPBACK}:{self.port}",
-            "--next-hop",
-            self.next_hop,
         ]
+        for socket in self.listen:
+            cmd += ["--listen", socket]
+        for hop in self.next_hop:
+            cmd += ["--next-hop", hop]
         cmd += ["--mi-listen", self.mi_listen if self.mi_listen is not None else "none"]
         opts = dict(self.opts)
         if self.data_dir is not None:
@@ -189,7 +199,7 @@ class SipdlgProcess:
     def _wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + self.ready_timeout
-        targets = [("SIP/TCP", self.port)]
+        targets = [("SIP/TCP", self.port)] if self.check_sip_port else []
         if self.mi_port is not None:
             targets.append(("MI", self.mi_port))
         for label, port in targets:

@@ -321,7 +321,8 @@ class Sipp:
     @property
     def address(self) -> str:
         """``ip:port`` this SIPp listens on (what to give as a next hop)."""
-        return f"{self.local_ip}:{self.port}"
+        host = f"[{self.local_ip}]" if ":" in self.local_ip else self.local_ip
+        return f"{host}:{self.port}"
 
     @property
     def command(self) -> list[str]:
@@ -406,7 +407,8 @@ class Sipp:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise SippError(f"{self.name} exited early\n{self.collect().describe()}")
-            s = socket.socket(socket.AF_INET, kind)
+            family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
+            s = socket.socket(family, kind)
             try:
                 s.bind((self.local_ip, self.port))
             except OSError:
