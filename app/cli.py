@@ -29,6 +29,8 @@ INT_OPTIONS = """
 --event-queue N events queued per consumer (1000)
 --fr-timeout S skip a silent next hop after (5)
 --probe-interval S OPTIONS probes of next hops (0: off)
+--pike-requests N requests per source IP per window, 0 off (30)
+--pike-window S rate-limit window (2)
 """
 
 
@@ -87,6 +89,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         action="append",
         metavar="URL",
         help="POST every dialog state change as JSON to URL (repeatable)",
+    )
+    p.add_argument(
+        "--pike-trusted",
+        action="append",
+        metavar="CIDR",
+        help="sources never rate-limited, besides the next hop (repeatable)",
     )
     p.add_argument(
         "--db",

@@ -7,14 +7,17 @@ in the environment and ``--next-hop`` on the command line.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.dialog import Socket
 from engine.dispatcher import Destination, parse_destination
+from engine.pike import PikeConfig
 
 
 class ConfigError(ValueError):
@@ -69,6 +72,11 @@ class Settings:
     #: (OpenSIPS ``server_header``/``user_agent_header``): the value, or "" / "off" for none.
     server_header: str = "sipdlg"
     user_agent_header: str = "sipdlg"
+    # Flood protection (docs/flood.md): OpenSIPS pike's reqs_density_per_unit per
+    # sampling_time_unit; 0 requests turns it off.
+    pike_requests: int = 30
+    pike_window: int = 2
+    pike_trusted: list[str] = field(default_factory=list)
 
     def sockets(self) -> list[Socket]:
         return [parse_socket(s) for s in self.listen]
@@ -92,6 +100,18 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"dns_servers: {host!r} is not an IP address") from None
         return out
+
+    def pike_config(self) -> PikeConfig | None:
+        """The rate limit's settings, None when off.  Besides ``pike_trusted``, the engine
+        exempts its own addresses and the next hops given as addresses; a next hop given by
+        name is exempted by its addresses, looked up here once (system resolver)."""
+        if self.pike_requests <= 0:
+            return None
+        trusted = list(self.pike_trusted)
+        for hop in self.destinations():
+            if not _is_address(hop.host):
+                trusted += _addresses_of(hop.host)
+        return PikeConfig(self.pike_requests, float(self.pike_window), tuple(trusted))
 
     def stores_changes(self) -> bool:
         """Whether dialog changes are written as they happen (a database, not ``shutdown``
@@ -118,7 +138,15 @@ class Settings:
 HOST_NAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
-LIST_FIELDS = {"listen", "mi_allow", "webhook", "next_hop", "relay_allow", "dns_servers"}
+LIST_FIELDS = {
+    "listen",
+    "mi_allow",
+    "webhook",
+    "next_hop",
+    "relay_allow",
+    "dns_servers",
+    "pike_trusted",
+}
 BOOL_FIELDS = {"bye_on_timeout"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
@@ -139,6 +167,8 @@ INT_FIELDS = {
     "delete_delay",
     "tcp_idle_timeout",
     "gc_rescan_period",
+    "pike_requests",
+    "pike_window",
 }
 
 
@@ -155,6 +185,28 @@ def header_value(setting: str, name: str, text: str) -> str:
     if any(c in value for c in "\r\n\0") or not value.isprintable():
         raise ConfigError(f"{setting}: expected one line of printable text, got {text!r}")
     return value
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _addresses_of(host: str) -> list[str]:
+    """The addresses of a host name (at start, once); none if it does not resolve now."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        logging.getLogger("sipdlg").warning(
+            "pike: next hop %s does not resolve (%s); list its addresses in pike_trusted",
+            host,
+            exc,
+        )
+        return []
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -333,6 +385,17 @@ def validate(settings: Settings) -> None:
         raise ConfigError("webhook_timeout and event_queue must be positive")
     if settings.ended_records < 0:
         raise ConfigError("ended_records must not be negative")
+    if settings.pike_requests < 0:
+        raise ConfigError("pike_requests must not be negative (0: no rate limit)")
+    if settings.pike_window <= 0:
+        raise ConfigError("pike_window must be positive")
+    for net in settings.pike_trusted:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"pike_trusted: expected an address or a CIDR network, got {net!r}"
+            ) from None
     for url in settings.webhook:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhook: expected an http:// or https:// URL, got {url!r}")

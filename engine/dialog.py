@@ -218,11 +218,18 @@ class Dialog:
             return self.callees[self.confirmed_leg]
         return self.callees[-1] if self.callees else None
 
-    def leg_for_tag(self, tag: str) -> CalleeLeg:
-        """The callee leg with To-tag ``tag``, created if new."""
+    def leg_with_tag(self, tag: str) -> CalleeLeg | None:
+        """The callee leg with To-tag ``tag``, if there is one."""
         for leg in self.callees:
             if leg.tag == tag:
                 return leg
+        return None
+
+    def leg_for_tag(self, tag: str) -> CalleeLeg:
+        """The callee leg with To-tag ``tag``, created if new."""
+        leg = self.leg_with_tag(tag)
+        if leg is not None:
+            return leg
         leg = CalleeLeg(tag=tag, caller_cseq=self.invite_cseq)
         self.callees.append(leg)
         return leg

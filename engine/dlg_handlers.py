@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import dlg_ping, dlg_timer, failover
 from .address import split_values
-from .dialog import Dialog, DlgEvent, DlgState, EndReason, Socket
+from .dialog import ANSWERED, CalleeLeg, Dialog, DlgEvent, DlgState, EndReason, Socket
 from .dlg_life import fail, terminate, transition
 from .locator import locate
 from .message import ENCODING, ERRORS, SipError, SipMessage
@@ -96,7 +96,7 @@ def on_reply(eng: Engine, ctx: ClientTransaction, msg: SipMessage) -> None:
     contact = msg.contact
     sdp = sdp_of(msg)
     if ctx.direction == 1:
-        callee = dlg.callee
+        callee = dlg.leg_with_tag(msg.to.tag or "")
         if callee is not None:
             if contact is not None:
                 callee.contact = contact.uri
@@ -111,24 +111,20 @@ def on_reply(eng: Engine, ctx: ClientTransaction, msg: SipMessage) -> None:
 
 
 def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) -> None:
-    if dlg.state not in (DlgState.UNCONFIRMED, DlgState.EARLY):
-        return  # a retransmitted or forked 2xx
     tag = msg.to.tag
     if not tag:
         return
+    if dlg.state in ANSWERED:
+        confirmed = dlg.callee
+        if confirmed is not None and tag != confirmed.tag:
+            _answer_fork(eng, ctx, dlg, msg, tag)
+        return  # else a retransmitted 2xx
+    if dlg.state is DlgState.DELETED:
+        return  # a fork answering after the call ended: relayed, not tracked
     leg = dlg.leg_for_tag(tag)
     dlg.confirmed_leg = dlg.callees.index(leg)
     dlg.invite_branch = ""  # only an unanswered INVITE can be CANCELled
-    contact = msg.contact
-    if contact is not None:
-        leg.contact = contact.uri
-    leg.socket = ctx.socket
-    sdp = sdp_of(msg)
-    if sdp is not None:
-        leg.sdp = sdp
-    rr = msg.get_all("record-route")
-    ours = next((i for i, v in enumerate(rr) if eng.is_local_uri(_uri_of(v))), len(rr))
-    leg.route_set = tuple(rr[:ours][::-1])
+    _answered_leg(eng, ctx, leg, msg)
     dlg.timestart = int(eng.wall())
     transition(eng, dlg, DlgEvent.ANSWERED)
     dlg_timer.arm_lifetime(eng, dlg, dlg.lifetime)
@@ -139,14 +135,49 @@ def _confirm(eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage) 
         dlg_timer.on_race_condition(eng, dlg)  # answered after the CANCEL: it lost the race
 
 
-def _match(eng: Engine, callid: str, from_tag: str, to_tag: str) -> tuple[Dialog | None, int]:
-    """The dialog of an in-dialog request and its direction (1 from caller, 2 from callee)."""
+def _answered_leg(eng: Engine, ctx: ClientTransaction, leg: CalleeLeg, msg: SipMessage) -> None:
+    """What a 2xx tells about the leg that sent it: its contact, SDP and route set."""
+    contact = msg.contact
+    if contact is not None:
+        leg.contact = contact.uri
+    leg.socket = ctx.socket
+    sdp = sdp_of(msg)
+    if sdp is not None:
+        leg.sdp = sdp
+    rr = msg.get_all("record-route")
+    ours = next((i for i, v in enumerate(rr) if eng.is_local_uri(_uri_of(v))), len(rr))
+    leg.route_set = tuple(rr[:ours][::-1])
+
+
+def _answer_fork(
+    eng: Engine, ctx: ClientTransaction, dlg: Dialog, msg: SipMessage, tag: str
+) -> None:
+    """A 2xx from another fork of an answered call (RFC 3261 §13.2.2.4, §16.7 step 5): it is
+    relayed like any 2xx and its leg is tracked, so that the caller's ACK and BYE for it are
+    routed to that callee; the call stays on the first leg that answered (OpenSIPS's
+    ``DLG_LEG_200OK``), and only that leg's requests change the dialog's state."""
+    leg = dlg.leg_for_tag(tag)
+    known = leg.contact
+    _answered_leg(eng, ctx, leg, msg)
+    if leg.contact != known:
+        eng.mark_dirty(dlg)
+
+
+def _match(
+    eng: Engine, callid: str, from_tag: str, to_tag: str
+) -> tuple[Dialog | None, int, CalleeLeg | None]:
+    """The dialog of an in-dialog request, its direction (1 from caller, 2 from callee) and
+    the callee leg it belongs to (every stored To-tag matches, as OpenSIPS's match_dialog)."""
     for dlg in eng.dialogs.by_callid(callid):
-        if dlg.caller_tag == from_tag and any(leg.tag == to_tag for leg in dlg.callees):
-            return dlg, 1
-        if dlg.caller_tag == to_tag and any(leg.tag == from_tag for leg in dlg.callees):
-            return dlg, 2
-    return None, 0
+        if dlg.caller_tag == from_tag:
+            leg = dlg.leg_with_tag(to_tag)
+            if leg is not None:
+                return dlg, 1, leg
+        if dlg.caller_tag == to_tag:
+            leg = dlg.leg_with_tag(from_tag)
+            if leg is not None:
+                return dlg, 2, leg
+    return None, 0, None
 
 
 def route_in_dialog(
@@ -158,10 +189,16 @@ def route_in_dialog(
     conn: int | None,
     own_route: str | None,
 ) -> None:
-    """Update the dialog for an in-dialog request and send it on (loose_route/match_dialog)."""
+    """Update the dialog for an in-dialog request and send it on (loose_route/match_dialog).
+
+    A request on another fork's leg of an answered call (the caller ACKing and BYEing a second
+    2xx, RFC 3261 §13.2.2.4) is routed to that fork and leaves the call as it is: only the leg
+    that answered first moves the dialog (OpenSIPS: "to end the call, the BYE must be received
+    on the same leg as the 200 OK for INVITE"), whichever side sends the request.
+    """
     method = msg.method
-    dlg, direction = _match(eng, msg.callid, msg.from_.tag or "", msg.to.tag or "")
-    if dlg is None:
+    dlg, direction, leg = _match(eng, msg.callid, msg.from_.tag or "", msg.to.tag or "")
+    if dlg is None or leg is None:
         did = None
         if own_route is not None and ";did=" in own_route:
             did = own_route.split(";did=", 1)[1].split(";", 1)[0]
@@ -188,15 +225,17 @@ def route_in_dialog(
     if stx is not None:
         stx.dialog = dlg
     cseq = msg.cseq[0]
-    leg = dlg.callee
+    call_leg = dlg.state not in ANSWERED or leg is dlg.callee
     if method not in ("ACK", "CANCEL"):
         eng.mark_dirty(dlg)
-        if direction == 1 and leg is not None:
+        if direction == 1:
             if cseq > leg.caller_cseq:
                 leg.caller_cseq = cseq
-        elif cseq > dlg.callee_cseq:
+        elif call_leg and cseq > dlg.callee_cseq:
             dlg.callee_cseq = cseq
-    if method == "ACK":
+    if not call_leg:
+        pass  # another fork's leg: routed below, the call is left as it is
+    elif method == "ACK":
         if transition(eng, dlg, DlgEvent.ACK) is not None:
             eng.mark_state(dlg)
     elif method in ("INVITE", "UPDATE"):
@@ -207,7 +246,7 @@ def route_in_dialog(
                 dlg.caller_contact = contact.uri
             if sdp is not None:
                 dlg.caller_sdp = sdp
-        elif leg is not None:
+        else:
             if contact is not None:
                 leg.contact = contact.uri
             if sdp is not None:
@@ -220,8 +259,8 @@ def route_in_dialog(
         # The user agent ignored Record-Route: send on with the stored target and route set
         # (OpenSIPS fix_route_dialog).
         if direction == 1:
-            target = leg.contact if leg is not None else ""
-            routes = leg.route_set if leg is not None else ()
+            target = leg.contact
+            routes = leg.route_set
         else:
             target = dlg.caller_contact
             routes = dlg.caller_route_set
@@ -232,8 +271,7 @@ def route_in_dialog(
         for r in routes:
             msg.add_last("Route", r)
     if direction == 1:
-        out_default = leg.socket if leg is not None and leg.socket else dlg.caller_socket
-        _send_on(eng, msg, stx, out_default, dlg, direction, conn=None)
+        _send_on(eng, msg, stx, leg.socket or dlg.caller_socket, dlg, direction, conn=None)
     else:
         _send_on(eng, msg, stx, dlg.caller_socket, dlg, direction, conn=dlg.caller_conn)
 

@@ -2,7 +2,8 @@
 
 The shell drains them after every entry point (``Engine.receive``, ``handle_timers`` and the
 commands), as aioquic's ``datagrams_to_send()``/``next_event()``: :class:`Send` from
-``Engine.take_sends``, the rest from ``Engine.take_events``.  Nothing inside the engine calls
+``Engine.take_sends``, the rest from ``Engine.take_events``: what happened to dialogs, and to
+sources of requests (the rate limit of :mod:`engine.pike`).  Nothing inside the engine calls
 back into the shell.
 """
 
@@ -79,6 +80,21 @@ class DialogEnded(NamedTuple):
     dialog: Dialog
 
 
+class SourceBlocked(NamedTuple):
+    """A source IP went over the request rate limit (engine.pike): its initial requests are
+    dropped from now on (OpenSIPS pike's "PIKE - BLOCKing ip")."""
+
+    source: str
+    requests: int
+    window: float
+
+
+class SourceReleased(NamedTuple):
+    """A blocked source IP calmed down (or was forgotten): no longer limited."""
+
+    source: str
+
+
 class Resolve(NamedTuple):
     """The shell must resolve ``query`` (RFC 3263) and answer with ``Engine.resolved``;
     requests for it wait in the engine meanwhile."""
@@ -95,4 +111,12 @@ class DestinationChanged(NamedTuple):
     reason: str
 
 
-Event = StateChanged | DialogChanged | DialogEnded | Resolve | DestinationChanged
+Event = (
+    StateChanged
+    | DialogChanged
+    | DialogEnded
+    | Resolve
+    | DestinationChanged
+    | SourceBlocked
+    | SourceReleased
+)

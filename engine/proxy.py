@@ -24,6 +24,7 @@ from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Resolve, Send, StateChanged
 from .locator import Locator, Query, Target, locate
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
+from .pike import PikeConfig, pike_for
 from .relay import RelayPolicy
 from .stats import Stats
 from .timers import TimerQueue
@@ -79,6 +80,8 @@ class EngineConfig:
     ping_timeout: float = 5.0
     #: Lifetime left to a call whose CANCEL crossed its 2xx (OpenSIPS ``race_condition_timeout``).
     race_condition_timeout: int = 5
+    #: The per-source request rate limit (engine/pike.py); None: off.
+    pike: PikeConfig | None = None
 
 
 class Engine:
@@ -115,6 +118,10 @@ class Engine:
             s.advertised_port for s in sockets if s.advertised_port
         }
         self._local_cache: dict[str, bool] = {}
+        #: Read-only outside the engine (MI ``pike_list``, metrics).
+        self.pike = pike_for(
+            self.config.pike, self._local_hosts, [d.host for d in self.config.next_hops]
+        )
         self._branch_prefix = f"z9hG4bK{self.rng.getrandbits(32):x}."
         self._branch_seq = 0
         self._tag = f"{self.rng.getrandbits(32):x}"
@@ -422,6 +429,10 @@ class Engine:
         method = msg.method
         assert method is not None
         stats.requests_by_method[method] += 1
+        pike = self.pike
+        if pike is not None and pike.drops(msg, src[0], self.now, self._events, self.dialogs):
+            stats.drop_requests += 1  # a flooding source gets nothing back
+            return
         try:
             validate_request(msg)
         except SipError as exc:

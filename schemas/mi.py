@@ -377,6 +377,13 @@ class DsListOut(BaseModel):
     PARTITIONS: list[PartitionOut]
 
 
+class PikeListOut(BaseModel):
+    """OpenSIPS 3.x ``pike_list``: the blocked source addresses."""
+
+    model_config = _STRICT
+    IPs: list[str]
+
+
 OkOut = Literal["OK"]
 StatsOut = dict[str, int]
 StatKindsOut = dict[str, Literal["incremental", "non-incremental"]]
@@ -586,6 +593,15 @@ COMMANDS: dict[str, Command] = {
             help="sets the state of a destination",
             errors=[(404, "Destination not found"), (400, "Bad state value")],
         ),
+        _cmd(
+            "pike_list",
+            "pike",
+            [[]],
+            PikeListOut,
+            "Source IPs over the request rate limit now (pike_requests per pike_window); "
+            "empty when the limit is off.",
+            help="lists the nodes in the pike tree",
+        ),
     )
 }
 
@@ -611,6 +627,7 @@ _RESULT_MODELS: tuple[type[BaseModel], ...] = (
     PsOut,
     HelpOut,
     DsListOut,
+    PikeListOut,
 )
 
 

@@ -42,6 +42,7 @@ MODULES = [
     "framing",
     "locator",
     "message",
+    "pike",
     "proxy",
     "relay",
     "stats",

@@ -4,7 +4,8 @@ The server freezes long-lived objects out of the cyclic collector's scans (app/g
 so a cycle created per call would only be found by a rescan: memory would grow with every call.
 Here the collector is off while calls of every kind run through the engine (answered, rejected,
 cancelled, CANCEL crossing the 2xx, unanswered, ended by the MI, by their lifetime and by a
-failed ping, re-INVITEd, over TCP, forked, refused as malformed), their timers run out, and
+failed ping, re-INVITEd, over TCP, forked (early, answered twice, answered after the end,
+CANCEL crossing both answers), refused as malformed), their timers run out, and
 then a collection must find nothing unreachable.  Also run against the compiled engine
 (tests/test_native.py).
 """
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_engine_kit import CALLEE, CALLER, TCP, Call, Rig, crlf, one, pick
+from test_engine_kit import CALLEE, CALLER, TCP, Call, Out, Rig, crlf, one, pick
 
 from engine.dialog import Dialog, DlgState
 from engine.dlg_records import RecordRing
@@ -84,6 +85,47 @@ def forked_early(rig: Rig, call: Call) -> None:
     rig.recv(call.in_dialog("BYE", ok))
 
 
+def _fork_answers(rig: Rig, call: Call, inv: Out, tag: str, contact: str | None = None) -> Out:
+    call.ttag = tag
+    return one(rig.recv(call.reply(inv, 200, "OK", sdp=True, contact=contact)), status=200)
+
+
+def forked_answered_twice(rig: Rig, call: Call) -> None:
+    """Two forks answer; the caller ACKs both and BYEs the extra one, then the call."""
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    ok_a = _fork_answers(rig, call, inv, "a")
+    ok_b = _fork_answers(rig, call, inv, "b", "sip:carol@127.0.0.1:5090")
+    rig.recv(call.ack(ok_a))
+    rig.recv(call.ack(ok_b))
+    for ok in (ok_b, ok_a):
+        bye = one(rig.recv(call.in_dialog("BYE", ok)), method="BYE")
+        rig.recv(call.answer_request(bye), src=bye.dest)
+
+
+def forked_after_end(rig: Rig, call: Call) -> None:
+    """The second fork answers after the call ended: relayed, its BYE refused."""
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    ok_a = _fork_answers(rig, call, inv, "a")
+    rig.recv(call.ack(ok_a))
+    bye = one(rig.recv(call.in_dialog("BYE", ok_a)), method="BYE")
+    rig.recv(call.answer_request(bye), src=CALLEE)
+    ok_b = _fork_answers(rig, call, inv, "b", "sip:carol@127.0.0.1:5090")
+    rig.recv(call.ack(ok_b))
+    rig.recv(call.in_dialog("BYE", ok_b))
+
+
+def cancel_crossing_forks(rig: Rig, call: Call) -> None:
+    """A CANCEL crosses both forks' 2xx: the race timeout ends the call, the caller the rest."""
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    rig.recv(call.reply(inv, 180, "Ringing"), src=CALLEE)
+    rig.recv(call.cancel())
+    ok_a = _fork_answers(rig, call, inv, "a")
+    ok_b = _fork_answers(rig, call, inv, "b", "sip:carol@127.0.0.1:5090")
+    rig.recv(call.ack(ok_a))
+    rig.recv(call.ack(ok_b))
+    rig.recv(call.in_dialog("BYE", ok_b))
+
+
 def ended_by_mi(rig: Rig, call: Call) -> None:
     rig.call_up(call)
     dlg = rig.eng.dialogs.get_by_callid(call.callid)
@@ -130,6 +172,9 @@ SCENARIOS: list[Callable[[Rig, Call], None]] = [
     unanswered,
     ringing_forever,
     forked_early,
+    forked_answered_twice,
+    forked_after_end,
+    cancel_crossing_forks,
     ended_by_mi,
     early_ended_by_mi,
     left_up,

@@ -28,6 +28,8 @@ from engine.events import (
     Event,
     Resolve,
     Send,
+    SourceBlocked,
+    SourceReleased,
     StateChanged,
 )
 from engine.locator import DEFAULT_PORT, Query, Target
@@ -79,6 +81,8 @@ class Rig:
         #: What the engine reported, drained after every call as the shell does.
         self.events: list[DialogStateChanged] = []
         self.changes: list[DialogChanged] = []
+        #: What the rate limit reported (engine.pike).
+        self.sources: list[SourceBlocked | SourceReleased] = []
         #: Fed a record of every dialog that ends, when set.
         self.records: RecordRing | None = None
         #: Called with every dialog that ends, when set.
@@ -117,6 +121,8 @@ class Rig:
                 self.changes.append(event)
                 if self.persistence is not None:
                     self.persistence.note_change(event.dialog, event.state_only)
+            elif isinstance(event, SourceBlocked | SourceReleased):
+                self.sources.append(event)
             else:
                 if self.records is not None:
                     self.records.add(make_record(self.eng, event.dialog))

@@ -90,6 +90,10 @@ class DialogOps(Protocol):
         """Set a next hop's state (``DsState``); False if no destination has that address."""
         ...
 
+    def blocked_sources(self) -> list[str]:
+        """The source IPs over the request rate limit now (engine/pike.py)."""
+        ...
+
 
 class MiError(Exception):
     """A command-level error: OpenSIPS's small positive codes (404, 500, ...)."""
@@ -346,6 +350,17 @@ async def ds_set_state(service: DialogOps, params: BaseModel) -> Any:
     if not service.set_destination_state(_get(params, "address"), state):
         raise MiError(404, "Destination not found")
     return "OK"
+
+
+# --------------------------------------------------------------------------------------------
+# pike_list (flood protection: engine/pike.py, docs/flood.md)
+# --------------------------------------------------------------------------------------------
+
+
+@handler("pike_list")
+async def pike_list(service: DialogOps, params: BaseModel) -> Any:
+    """The blocked source addresses, in OpenSIPS 3.x's shape."""
+    return {"IPs": service.blocked_sources()}
 
 
 # --------------------------------------------------------------------------------------------

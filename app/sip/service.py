@@ -21,6 +21,8 @@ from engine.events import (
     DialogEnded,
     Resolve,
     Send,
+    SourceBlocked,
+    SourceReleased,
     StateChanged,
 )
 from engine.locator import Query
@@ -76,6 +78,7 @@ class SipService:
             report_changes=settings.stores_changes(),
             server_header=server_header,
             user_agent_header=user_agent_header,
+            pike=settings.pike_config(),
         )
         self.sockets = settings.sockets()
         self.engine = Engine(self.sockets, config, wall_offset=time.time() - self.loop.time())
@@ -246,6 +249,16 @@ class SipService:
                     log.info("next hop %s is up", event.uri)
                 else:
                     log.warning("next hop %s is down: %s", event.uri, event.reason)
+            elif type(event) is SourceBlocked:
+                log.warning(
+                    "pike: blocking %s: more than %d requests in %g s; its new requests are "
+                    "dropped until it slows down (pike_trusted exempts a trunk)",
+                    event.source,
+                    event.requests,
+                    event.window,
+                )
+            elif type(event) is SourceReleased:
+                log.warning("pike: releasing %s", event.source)
         return changed
 
     async def _resolve(self, query: Query) -> None:
@@ -311,6 +324,23 @@ class SipService:
             "DNS queries (RFC 3263) that requests are waiting for",
             self.engine.locator.pending(),
         )
+        pike = self.engine.pike
+        if pike is not None:
+            yield counter(
+                "sipdlg_pike_blocked",
+                "Requests dropped because their source IP was over the rate limit",
+                pike.dropped,
+            )
+            yield gauge(
+                "sipdlg_pike_blocked_sources",
+                "Source IPs over the rate limit now (MI pike_list)",
+                len(self.blocked_sources()),
+            )
+
+    def blocked_sources(self) -> list[str]:
+        """MI ``pike_list``: the source IPs over the rate limit now (none when it is off)."""
+        pike = self.engine.pike
+        return [] if pike is None else pike.blocked(self.loop.time())
 
     # -- what the MI may do (app.mi.commands.DialogOps) -----------------------------------------
 

@@ -90,6 +90,11 @@ class FakeService:
     end_result: bool = True
     ended: list[tuple[Dialog, str, str]] = field(default_factory=list)
     timeouts: list[tuple[Dialog, int]] = field(default_factory=list)
+    #: What ``pike_list`` shows.
+    blocked: list[str] = field(default_factory=list)
+
+    def blocked_sources(self) -> list[str]:
+        return list(self.blocked)
 
     def set_timeout(self, dlg: Dialog, seconds: int) -> bool:
         self.timeouts.append((dlg, seconds))
