@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, load_settings
 from .tls import load_tls
@@ -145,22 +147,85 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--ended-retention", type=int, metavar="S", help="keep ended-call records (604800 = 7 d)"
     )
+    p.add_argument(
+        "--server-header",
+        metavar="TEXT",
+        help="Server header of sipdlg's own replies, or off (sipdlg; OpenSIPS server_header)",
+    )
+    p.add_argument(
+        "--user-agent-header",
+        metavar="TEXT",
+        help="User-Agent of sipdlg's own requests (BYE, CANCEL, OPTIONS), or off (sipdlg)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+
+
+def version_text() -> str:
+    """``sipdlg 0.1.0 (compiled engine: DIR)`` or ``(pure-Python engine)``: which engine
+    runs decides the CPU per call (docs/performance.md)."""
+    from engine import proxy
+
+    module = Path(proxy.__file__ or "")
+    if module.suffix == ".py":
+        return f"sipdlg {proxy.VERSION} (pure-Python engine)"
+    return f"sipdlg {proxy.VERSION} (compiled engine: {module.parent})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, computed only when asked (it imports the engine)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def _health_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "health",
+        help="ask a running sipdlg whether it takes calls (GET /health); exit 0 if it does",
+    )
+    p.add_argument(
+        "--url",
+        help="default: /health on the server of $SIPDLG_MI_URL, else http://127.0.0.1:8888/health",
+    )
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds (3)")
+
+
+def health(args: argparse.Namespace) -> int:
+    """Print what ``/health`` says; 0 when ready (Docker's HEALTHCHECK runs this)."""
+    import os
+
+    from .mi.client import check_health, health_url
+
+    ready, text = check_health(
+        args.url or health_url(os.environ.get("SIPDLG_MI_URL")), args.timeout
+    )
+    print(text, file=sys.stdout if ready else sys.stderr)
+    return 0 if ready else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="sipdlg", description="SIP dialog engine with an MI")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        nargs=0,
+        help="print the version and whether the engine is compiled, then exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("mi", help="call an MI command", add_help=False)
     sub.add_parser("mi-schema", help="print the JSON Schema of the MI")
+    _health_parser(sub)
     if argv and argv[0] == "mi":
         from .mi import client as mi_client
 
         return mi_client.main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "health":
+        return health(args)
     if args.command == "mi-schema":
         from schemas import mi_json_schema
 

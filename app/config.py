@@ -88,6 +88,10 @@ class Settings:
     # HTTPS for the MI, /metrics and /events.
     mi_tls_cert: str | None = None
     mi_tls_key: str | None = None
+    #: The Server header of sipdlg's own replies and the User-Agent of its own requests
+    #: (OpenSIPS ``server_header``/``user_agent_header``): the value, or "" / "off" for none.
+    server_header: str = "sipdlg"
+    user_agent_header: str = "sipdlg"
     # Flood protection (docs/flood.md): OpenSIPS pike's reqs_density_per_unit per
     # sampling_time_unit; 0 requests turns it off.
     pike_requests: int = 30
@@ -136,6 +140,13 @@ class Settings:
 
         return parse_db_url(self.db, self.data_dir) is not None and self.db_mode != "shutdown"
 
+    def header_values(self) -> tuple[str, str]:
+        """The Server and User-Agent values to send ("" for none)."""
+        return (
+            header_value("server_header", "Server", self.server_header),
+            header_value("user_agent_header", "User-Agent", self.user_agent_header),
+        )
+
     def mi_address(self) -> tuple[str, int] | None:
         """The MI's HTTP address; None when ``mi_listen`` is ``none`` (no MI at all)."""
         if self.mi_listen.strip().lower() == "none":
@@ -183,6 +194,21 @@ INT_FIELDS = {
     "pike_requests",
     "pike_window",
 }
+
+
+def header_value(setting: str, name: str, text: str) -> str:
+    """A header setting as the value to write: "" and "off" mean none, and the whole header
+    as OpenSIPS writes it (``Server: X``) is taken too.  One line only: a CR or LF would let
+    the setting inject headers into every message."""
+    value = text.strip()
+    if value.lower() == "off":
+        return ""
+    head, colon, rest = value.partition(":")
+    if colon and head.strip().lower() == name.lower():
+        value = rest.strip()
+    if any(c in value for c in "\r\n\0") or not value.isprintable():
+        raise ConfigError(f"{setting}: expected one line of printable text, got {text!r}")
+    return value
 
 
 def _is_address(host: str) -> bool:
@@ -359,6 +385,7 @@ def validate(settings: Settings) -> None:
     if settings.fr_timeout <= 0 or settings.probe_interval < 0:
         raise ConfigError("fr_timeout must be positive, probe_interval not negative")
     settings.mi_address()
+    settings.header_values()
     if settings.hash_size <= 0 or settings.hash_size & (settings.hash_size - 1):
         raise ConfigError("hash_size must be a power of two")
     if settings.default_timeout <= 0:

@@ -66,7 +66,7 @@ async def run(
     log.info("sipdlg %s started", VERSION)
     await stop.wait()
     log.info("shutting down: no new dialogs, saving the dialogs, closing")
-    service.engine.stop_accepting()  # new INVITEs get 503 from here on
+    service.drain()  # new INVITEs get 503 from here on, /health says 503
 
     def exit_now() -> None:
         log.warning("second signal: exiting at once")

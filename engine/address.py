@@ -18,6 +18,22 @@ def _err(reason: str) -> Exception:
     return SipError(400, reason)
 
 
+def parse_number(text: str, maximum: int, what: str) -> int:
+    """A header's decimal number: ASCII digits only (``str.isdigit()`` also takes ``²`` and
+    ``١``, which ``int()`` refuses or reads), at most ``maximum``; the digits are counted
+    before ``int()`` so that a kilobyte of nines costs nothing.  400 otherwise."""
+    if not text.isascii() or not text.isdigit():
+        raise _err(f"Malformed {what}")
+    if len(text) > 9:  # leading zeros, or past a bound: never hand int() a thousand digits
+        text = text.lstrip("0") or "0"
+        if len(text) > len(str(maximum)):
+            raise _err(f"{what} too large")
+    number = int(text)
+    if number > maximum:
+        raise _err(f"{what} too large")
+    return number
+
+
 _ANGLED_LIST = re.compile(r"(?:[^,<]|<[^>]*>?)+")
 
 
@@ -255,15 +271,15 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         port_text = rest[1:]
     else:
         host, _, port_text = text.partition(":")
-    if " " in host or not host:
+    if " " in host or not host or not host.isascii():
         raise _err("Malformed host")
     if ":" in host:
         host = canonical_ipv6(host)
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        port = parse_number(port_text, 65535, "port")
+        if port == 0:
             raise _err("Malformed port")
-        port = int(port_text)
     return host.lower(), port
 
 
@@ -283,9 +299,11 @@ class Via:
         return f"{self.host}:{self.port or 5060}"
 
 
+#: ASCII only (``re.ASCII``): a ``\d`` that matched ``١`` would read it as a port digit.
 _SIMPLE_VIA = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([-\w.]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?"
-    r"((?:;[-\w.!%*+`'~]+(?:=[-\w.!%*+`'~:\[\]]+)?)*)$"
+    r"((?:;[-\w.!%*+`'~]+(?:=[-\w.!%*+`'~:\[\]]+)?)*)$",
+    re.ASCII,
 )
 
 

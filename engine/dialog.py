@@ -91,7 +91,7 @@ def reverse_hex(value: int) -> str:
 
 def parse_reverse_hex(text: str) -> int | None:
     """Inverse of :func:`reverse_hex`; ``None`` when ``text`` is not 1-8 hex digits."""
-    if not 0 < len(text) <= 8:
+    if not 0 < len(text) <= 8 or not text.isascii():  # int(x, 16) also reads "١"
         return None
     try:
         return int(text[::-1], 16)

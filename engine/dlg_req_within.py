@@ -117,7 +117,7 @@ def send_within(
         ("CSeq", f"{cseq} {method}"),
         ("Call-ID", dlg.callid),
         ("Max-Forwards", "70"),
-        ("User-Agent", eng.config.user_agent),
+        *user_agent(eng),
     ]
     if method == "INVITE":  # a re-INVITE ping: we are the other party's stand-in
         headers.append(("Contact", f"<sip:{out.hostport}{_transport_param(out.proto)}>"))
@@ -128,6 +128,12 @@ def send_within(
     eng.client_txns[(branch, method)] = ctx
     ctx.start(data)
     return ctx
+
+
+def user_agent(eng: Engine) -> list[tuple[str, str]]:
+    """The User-Agent of a request the engine sends itself, if the settings want one."""
+    value = eng.config.user_agent_header
+    return [("User-Agent", value)] if value else []
 
 
 def build_request(
@@ -205,8 +211,9 @@ def send_cancel(eng: Engine, ctx: ClientTransaction) -> None:
         ("to", f"To: {invite.get('to') or ''}"),
         ("cseq", f"CSeq: {invite.cseq[0]} CANCEL"),
         ("max-forwards", "Max-Forwards: 70"),
-        ("user-agent", f"User-Agent: {eng.config.user_agent}"),
     ]
+    if eng.config.user_agent_header:
+        headers.append(("user-agent", f"User-Agent: {eng.config.user_agent_header}"))
     data, cancel = build_request("CANCEL", invite.ruri, [], lines=headers)
     cctx = ClientTransaction(eng, ctx.branch, cancel, ctx.socket, ctx.host, ctx.port, ctx.conn)
     cctx.handler = _ignore

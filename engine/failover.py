@@ -146,7 +146,15 @@ def _send(eng: Engine, a: Attempt, target: Target) -> bool:
         a.msg.add_first("Record-Route", eng.record_route(out, did, sips))
         a.added += 1
     conn = a.conn if is_stream(target.proto) else None
-    ctx = eng.forward(a.msg, a.stx, out, target.host, target.port, conn, a.dlg, a.direction)
+    try:
+        ctx = eng.forward(a.msg, a.stx, out, target.host, target.port, conn, a.dlg, a.direction)
+    except SipError as exc:  # 513: too large for UDP, so for any UDP target: answer now
+        stx = a.stx
+        if stx is not None and stx.state in (TxState.TRYING, TxState.PROCEEDING):
+            eng.reply(stx, exc.status, exc.reason)
+        if a.dlg is not None and a.direction == 0:
+            dlg_life.fail(eng, a.dlg)
+        return True
     if ctx is not None:
         ctx.attempt = a
         if a.targets or a.hops:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from .address import NameAddr, Via, parse_name_addr, parse_via, split_values
+from .address import NameAddr, Via, parse_name_addr, parse_number, parse_via, split_values
 from .errors import SipError
 
 ENCODING: Final = "utf-8"
@@ -78,6 +78,12 @@ _KNOWN_NAMES: Final[dict[str, str]] = {
 SINGLE_VALUED: Final = ("call-id", "from", "to", "cseq")
 
 MAX_CSEQ: Final = 2**32 - 1
+#: Max-Forwards is read as OpenSIPS's maxfwd module reads it (an unsigned 16-bit number);
+#: values above 255 are lowered to 255 when forwarded.
+MAX_MAX_FORWARDS: Final = 65535
+#: No message body can be larger than the biggest message the shell accepts; this bound only
+#: keeps ``int()`` away from absurd Content-Length values.
+MAX_CONTENT_LENGTH: Final = 2**31 - 1
 
 KNOWN_METHODS: Final = frozenset(
     {
@@ -304,12 +310,9 @@ def parse_cseq(value: str | None) -> tuple[int, str]:
         raise SipError(400, "Missing CSeq")
     num, _, method = value.strip().partition(" ")
     method = method.strip()
-    if not num.isdigit() or not method:
+    if not method:
         raise SipError(400, "Malformed CSeq")
-    n = int(num)
-    if n > MAX_CSEQ:
-        raise SipError(400, "CSeq number too large")
-    return n, method
+    return parse_number(num, MAX_CSEQ, "CSeq"), method
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -345,7 +348,11 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
         code, _, reason = rest.partition(" ")
         if version != "SIP/2.0":
             raise SipError(0, "Unsupported SIP version in response")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if (
+            len(code) != 3
+            or not (code.isascii() and code.isdigit())  # "２００" is no status code
+            or not 100 <= int(code) <= 699
+        ):
             raise SipError(0, "Bad status code")
         method, ruri, status = None, "", int(code)
     else:
@@ -393,9 +400,7 @@ def parse(data: bytes, *, stream: bool = False) -> SipMessage:
             lengths.append(value)
     length: int | None = None
     for value in lengths:
-        if not value.isdigit():
-            raise SipError(400, "Malformed Content-Length")
-        n = int(value)
+        n = parse_number(value, MAX_CONTENT_LENGTH, "Content-Length")
         if length is not None and n != length:
             raise SipError(400, "Conflicting Content-Length values")
         length = n
@@ -457,10 +462,10 @@ def validate_request(msg: SipMessage) -> None:
         if msg.method not in KNOWN_METHODS:
             raise SipError(501, "Not Implemented")
         raise SipError(400, "CSeq method does not match Request-Line")
+    if counts["max-forwards"] > 1:
+        raise SipError(400, "Multiple Max-Forwards headers")
     if counts["max-forwards"]:
-        mf = msg.get("max-forwards") or ""
-        if counts["max-forwards"] > 1 or not (mf.isascii() and mf.isdigit()):
-            raise SipError(400, "Malformed Max-Forwards")
+        parse_number(msg.get("max-forwards") or "", MAX_MAX_FORWARDS, "Max-Forwards")
     for i, raw in enumerate(contacts):
         if i == 0 and "," not in raw and raw != "*":
             msg._name_addr("contact")  # parsed once, cached for the dialog

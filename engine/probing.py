@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import failover
 from .dispatcher import Destination, DsState
-from .dlg_req_within import build_request
+from .dlg_req_within import build_request, user_agent
 from .errors import SipError
 from .locator import Query
 from .message import SipMessage
@@ -65,7 +65,7 @@ def probe(eng: Engine, dest: Destination, timeout: float) -> None:
         ("Call-ID", f"{branch}-probe"),
         ("CSeq", "1 OPTIONS"),
         ("Max-Forwards", "70"),
-        ("User-Agent", eng.config.user_agent),
+        *user_agent(eng),
     ]
     data, msg = build_request("OPTIONS", dest.uri, headers)
     ctx = ClientTransaction(eng, branch, msg, out, target.host, target.port, None)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer, failover, probing
-from .address import is_sips, parse_uri, split_values
+from .address import is_sips, parse_number, parse_uri, split_values
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dispatcher import Destination, DestinationSet, DsState
 from .dlg_table import DialogTable
@@ -39,6 +39,10 @@ SUPPORTED_PROXY_OPTIONS: frozenset[str] = frozenset()
 ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
 #: Headers a locally generated response copies from its request (RFC 3261 §8.2.6.2).
 REPLY_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
+#: The largest UDP payload per address family (65535 less the IPv4 and UDP headers; IPv6's
+#: length field excludes its own header).  A request that outgrows it once our Via and
+#: Record-Route are in gets a 513 (docs/operations.md), not a sendto() that fails unseen.
+MAX_DATAGRAM = {4: 65507, 6: 65527}
 
 
 @dataclass(slots=True)
@@ -58,7 +62,11 @@ class EngineConfig:
     hash_size: int = 4096
     max_message_size: int = 65536
     delete_delay: int = 0
-    user_agent: str = f"sipdlg ({VERSION})"
+    #: The Server header of the replies the engine makes, and the User-Agent of the requests
+    #: it sends (OpenSIPS ``server_header``/``user_agent_header``); "" for none.  No version:
+    #: it would tell a scanner which bugs to try.
+    server_header: str = "sipdlg"
+    user_agent_header: str = "sipdlg"
     #: Extra header lines added to every BYE the engine sends (OpenSIPS ``dlg_extra_hdrs``).
     bye_extra_headers: str = ""
     #: OpenSIPS flag B: BYE both legs when the lifetime runs out (else the dialog just expires).
@@ -220,10 +228,23 @@ class Engine:
         """The shell accepted or opened a stream connection (OpenSIPS's ``tcp_connections``)."""
         self.stats.tcp_connections += 1
 
-    def stream_error(self) -> None:
-        """A stream the shell frames (TCP) broke the framing rules and was closed: counted
-        with the messages that failed to parse."""
+    def stream_error(
+        self,
+        head: bytes,
+        error: SipError,
+        socket: Socket,
+        src: tuple[str, int],
+        conn: int | None,
+        now: float,
+    ) -> None:
+        """A stream the shell frames (TCP) broke the framing rules (``error`` from
+        :class:`engine.framing.StreamFramer`) and is about to be closed: counted with the
+        messages that failed to parse, and a request answered (400, 513) from the header
+        lines of ``head`` that can be read, so the sender learns why."""
+        self.now = now
         self.stats.parse_errors += 1
+        if error.status and head and not head.startswith((b"SIP/", b"ACK ")):
+            self._reply_to_garbage(head, error, socket, src, conn)
 
     def set_overload(self, retry_after: int | None, now: float, share: float = 1.0) -> None:
         """The shell's overload verdict (RFC 7339's problem, RFC 6357's advice: reject early,
@@ -255,16 +276,13 @@ class Engine:
         has none), which the shell's realtime store orders messages by."""
         self.now = now
         try:
+            if len(data) > self.config.max_message_size:  # refused before any parsing work
+                raise SipError(513, "Message Too Large")
             msg = parse(data, stream=conn is not None)
         except SipError as exc:
             self.stats.parse_errors += 1
             if exc.status and not data.startswith(b"SIP/") and not data.startswith(b"ACK "):
                 self._reply_to_garbage(data, exc, socket, src, conn)
-            return ""
-        if len(data) > self.config.max_message_size:
-            self.stats.parse_errors += 1
-            if msg.method is not None and msg.method != "ACK":
-                self._reply_stateless(msg, 513, "Message Too Large", socket, src, conn)
             return ""
         if msg.method is None:
             self._on_response(msg)
@@ -366,7 +384,9 @@ class Engine:
             if to_tag and key == "to" and ";tag=" not in raw.lower():
                 raw = f"{raw};tag={to_tag}"
             out.append(raw)
-        out.append(f"Server: {self.config.user_agent}")
+        server = self.config.server_header
+        if server:
+            out.append(f"Server: {server}")
         if extra:
             out.append(extra)
         out.append("Content-Length: 0\r\n\r\n")
@@ -618,11 +638,13 @@ class Engine:
             seed = f"{msg.via.branch}{msg.callid}".encode(ENCODING, ERRORS)
             branch = f"z9hG4bKa{zlib.crc32(seed):x}"
             msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch}")
+            data = self.encode_for(out, msg)
             self.stats.fwd_requests += 1
-            self.send(out, host, port, conn, msg.to_bytes())
+            self.send(out, host, port, conn, data)
             return None
         branch = self.new_branch()
         msg.add_first("Via", f"SIP/2.0/{proto} {out.hostport};branch={branch};rport")
+        data = self.encode_for(out, msg)
         ctx = ClientTransaction(self, branch, msg, out, host, port, conn)
         ctx.server = stx
         ctx.dialog = dlg
@@ -633,8 +655,18 @@ class Engine:
             dlg.invite_branch = branch
         self.client_txns[(branch, ctx.method)] = ctx
         self.stats.fwd_requests += 1
-        ctx.start(msg.to_bytes())
+        ctx.start(data)
         return ctx
+
+    @staticmethod
+    def encode_for(out: Socket, msg: SipMessage) -> bytes:
+        """``msg`` as bytes to send from ``out``; SipError 513 if UDP cannot carry it, which
+        :func:`engine.failover.advance` answers (RFC 3261 §18.1.1 would switch to TCP, which a
+        UDP-only next hop cannot take: docs/operations.md)."""
+        data = msg.to_bytes()
+        if out.proto == "udp" and len(data) > MAX_DATAGRAM[out.family]:
+            raise SipError(513, "Message Too Large")
+        return data
 
     def _on_cancel(
         self,
@@ -710,11 +742,17 @@ class Engine:
             return
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
-        port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
         proto = via.transport.lower()
         if proto not in TRANSPORTS:
             proto = "udp"
-        out = self.socket_for(proto, None, host)
+        try:  # received and rport come from the wire: an ASCII host and a real port, or drop
+            port = parse_number(rport, 65535, "rport") if rport else (via.port or 5060)
+            if not port or not host.isascii():
+                raise SipError(0, "Unroutable Via")
+            out = self.socket_for(proto, None, host)
+        except SipError:
+            self.stats.drop_replies += 1
+            return
         self.stats.fwd_replies += 1
         self.send(out, host, port, None, msg.to_bytes())
 

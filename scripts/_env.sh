@@ -66,3 +66,18 @@ ensure_venv() {
         printf '%s' "$want" >"$stamp"
     fi
 }
+
+ensure_launcher() {
+    # `sipdlg` on PATH for the README's other commands (`sipdlg mi dlg_list`): a link
+    # /usr/local/bin/sipdlg -> scripts/sipdlg, made once when that directory is writable
+    # (root) and no other sipdlg is on PATH; else one line says how (SIPDLG_LAUNCHER=0: skip).
+    [ "${SIPDLG_LAUNCHER:-1}" = "0" ] && return 0
+    command -v sipdlg >/dev/null 2>&1 && return 0
+    local bin="${SIPDLG_LAUNCHER_DIR:-/usr/local/bin}"
+    if [ -d "$bin" ] && [ -w "$bin" ] && [ ! -e "$bin/sipdlg" ]; then
+        ln -s "$SIPDLG_ROOT/scripts/sipdlg" "$bin/sipdlg"
+        log "installed $bin/sipdlg -> $SIPDLG_ROOT/scripts/sipdlg"
+    else
+        log "sipdlg is not on PATH: run $SIPDLG_ROOT/scripts/sipdlg, or: export PATH=\"$SIPDLG_ROOT/scripts:\$PATH\""
+    fi
+}

@@ -8,6 +8,8 @@ less CPU per call, see docs/performance.md).  The working tree is never touched,
 development always run the pure-Python engine; ``scripts/serve.sh`` builds and uses the
 compiled copy when it can, and falls back to pure Python when it cannot.
 Rebuilds only when a file in engine/ changed (a hash of the sources is kept in a stamp).
+Quiet: mypyc's and the C compiler's output go to build/compile.log, shown only if the build
+fails.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import hashlib
 import os
 import shutil
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "native")
 STAMP = os.path.join(OUT, ".sources")
+LOG = os.path.join(ROOT, "build", "compile.log")
 MODULES = [
     "address",
     "dialog",
@@ -53,11 +59,43 @@ def sources_hash() -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def output_to(path: str) -> Iterator[None]:
+    """Send this process's stdout and stderr, and its children's (the C compiler), to
+    ``path``: at the file descriptors, since the compiler writes there directly."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "wb") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def build() -> None:
     want = sources_hash()
     if os.path.exists(STAMP) and open(STAMP).read() == want:
-        print(f"compiled engine up to date in {OUT}")
+        os.utime(STAMP)  # newer than the sources again: scripts/sipdlg compares the times
         return
+    print("compiling the engine with mypyc (about 20 s, once per change)...", flush=True)
+    started = time.monotonic()
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    with output_to(LOG):
+        compile_engine()
+    with open(STAMP, "w") as fh:
+        fh.write(want)
+    print(f"compiled engine in {OUT} ({time.monotonic() - started:.0f} s)")
+
+
+def compile_engine() -> None:
     from mypyc.build import mypycify
     from setuptools import setup
 
@@ -80,14 +118,25 @@ def build() -> None:
         ext_modules=extensions,
         script_args=["build_ext", "--inplace", "--build-temp", "build/tmp", "-q"],
     )
-    with open(STAMP, "w") as fh:
-        fh.write(want)
-    print(f"compiled engine in {OUT}")
+
+
+def log_tail(lines: int = 40) -> str:
+    try:
+        with open(LOG, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":
     try:
         build()
-    except Exception as exc:  # no compiler, no headers: pure Python still works
-        print(f"compile failed, the pure-Python engine will be used: {exc}", file=sys.stderr)
+    except BaseException as exc:  # no compiler, no headers: pure Python still works
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        print(log_tail(), file=sys.stderr, end="")
+        print(
+            f"compile failed ({exc}; full log: {LOG}); the pure-Python engine will be used",
+            file=sys.stderr,
+        )
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -60,16 +61,7 @@ def test_services() -> None:
 def test_sipdlg_command(serve_help: str) -> None:
     argv = _argv(_compose()["services"]["sipdlg"]["command"])
     assert argv[:2] == ["sipdlg", "serve"]
-    assert argv[2:] == [
-        "--listen",
-        "udp:0.0.0.0:5060",
-        "--listen",
-        "tcp:0.0.0.0:5060",
-        "--next-hop",
-        "uas:5080",
-        "--mi-listen",
-        "127.0.0.1:8888",
-    ]
+    assert argv[2:] == ["--next-hop", "uas:5080", "--mi-listen", "127.0.0.1:8888"]
     for opt in _options(argv):
         assert re.search(rf"(^|[\s\[,]){re.escape(opt)}\b", serve_help), (
             f"{opt} not in `sipdlg serve --help`"
@@ -91,6 +83,55 @@ def test_dockerfile_cmd_options(serve_help: str) -> None:
     for path in ("pyproject.toml", "README.md", "app", "engine", "schemas"):
         assert path in copied.split(), f"Dockerfile does not COPY {path}"
         assert (REPO_ROOT / path).exists()
+
+
+def test_dockerfile_runs_the_compiled_engine_with_a_healthcheck() -> None:
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert "python scripts/compile.py" in text
+    assert "COPY --from=build /src/build/native/engine /opt/sipdlg-native/engine" in text
+    assert "PYTHONPATH=/opt/sipdlg-native" in text
+    assert re.search(r'^HEALTHCHECK .*CMD \["sipdlg", "health"\]$', text, re.M)
+    assert re.search(r'^ENTRYPOINT \["sipdlg-entrypoint"\]$', text, re.M)
+
+
+@pytest.mark.parametrize("source", ["Dockerfile", "docker-compose.yml"])
+def test_container_command_is_accepted_as_is(source: str) -> None:
+    """The image's command, run through its entrypoint (which advertises the container's IP
+    for the wildcard sockets), is a configuration sipdlg starts with."""
+    if source == "Dockerfile":
+        m = re.search(r"^CMD\s+(\[.*?\])\s*$", (REPO_ROOT / source).read_text(), re.M)
+        assert m
+        import json
+
+        argv = json.loads(m.group(1))
+    else:
+        argv = _argv(_compose()["services"]["sipdlg"]["command"])
+    # `sipdlg serve ARGS` up to the point where it would bind: the settings it would run.
+    check = """if True:
+        import sys
+        from app import cli
+        from app.config import load_settings
+
+        def settings_only(args):
+            skip = ("command", "config", "no_uvloop")
+            options = {k: v for k, v in vars(args).items() if k not in skip}
+            print(load_settings(options, None).listen)
+            return 0
+
+        cli.serve = settings_only
+        sys.exit(cli.main(sys.argv[1:]))
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIPDLG_")}
+    proc = subprocess.run(
+        ["sh", "docker/entrypoint.sh", sys.executable, "-c", check, *argv[1:]],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert " as " in proc.stdout and "0.0.0.0:5060" in proc.stdout
 
 
 def test_environment_names_are_settings(serve_help: str) -> None:

@@ -165,6 +165,11 @@ async def test_content_type(mi: Any, ctype: str | None, status: int) -> None:
     body = b'{"jsonrpc":"2.0","method":"uptime","id":1}'
     reply = await raw_http(port, "POST", "/mi", body, ctype)
     assert reply.status == status
+    if status == 415:  # a body that says what to send instead
+        error = json.loads(reply.body)["error"]
+        assert error["code"] == -32600
+        assert "Content-Type: application/json" in error["data"]
+        assert (repr(ctype.split(";")[0].lower()) if ctype else "no Content-Type") in error["data"]
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "OPTIONS", "PATCH"])

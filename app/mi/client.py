@@ -22,6 +22,7 @@ import shlex
 import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -135,6 +136,23 @@ def tls_context(cafile: str | None, insecure: bool) -> ssl.SSLContext:
     return context
 
 
+def health_url(mi_url: str | None) -> str:
+    """``GET /health`` on the server of ``mi_url`` ($SIPDLG_MI_URL), else the default MI's."""
+    parts = urllib.parse.urlsplit(mi_url or DEFAULT_URL)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/health", "", ""))
+
+
+def check_health(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """(ready, what the server said) for ``sipdlg health`` (Docker's HEALTHCHECK)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status == 200, reply.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        return False, exc.read().decode(errors="replace").strip() or f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"cannot reach {url}: {exc}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sipdlg mi",
@@ -145,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         default=os.environ.get("SIPDLG_MI_URL", DEFAULT_URL),
-        help=f"the MI, http:// or https:// (SIPDLG_MI_URL; default {DEFAULT_URL})",
+        help=f"the MI to call, http:// or https://: $SIPDLG_MI_URL when set, else {DEFAULT_URL} "
+        "(the address of `sipdlg serve --mi-listen`, path /mi; now %(default)s)",
     )
     p.add_argument(
         "--cacert",
@@ -161,8 +180,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("SIPDLG_MI_INSECURE", "") in ("1", "true", "yes", "on"),
         help="do not check an https:// MI's certificate (SIPDLG_MI_INSECURE=1)",
     )
-    p.add_argument("--token", default=os.environ.get("SIPDLG_MI_TOKEN"), help="Bearer token")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SIPDLG_MI_TOKEN"),
+        help="the MI's --mi-token, sent as a Bearer token (default $SIPDLG_MI_TOKEN)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (30)"
+    )
     p.add_argument("-j", dest="as_json", action="store_true", help="parse values as JSON")
     p.add_argument("method")
     p.add_argument("args", nargs="*", help="name=value ... or value ...")
@@ -185,7 +210,10 @@ def main(argv: list[str]) -> int:
     except MiCallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=4, ensure_ascii=False))
+    try:
+        print(json.dumps(result, indent=4, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # `sipdlg mi ... | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -193,4 +221,4 @@ if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
 
 
-__all__ = ["build_params", "call", "main", "MiCallError"]
+__all__ = ["build_params", "call", "check_health", "health_url", "main", "MiCallError"]

@@ -10,6 +10,8 @@ finish the HTTP answer.
 
 Beyond OpenSIPS: optional Bearer/Basic token and CIDR allow-list, 415 for anything but
 ``application/json`` (no CORS-free "simple request" can reach the MI), 413 over ``max_body``.
+``GET /health`` needs no token (probes hold no secrets; it tells nothing about calls) but
+obeys the allow-list like every path.
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ from schemas.mi import (
     ParamsError,
 )
 
+from ..observe.ratelog import RateLimitedLog
 from .commands import HANDLERS, DialogOps, MiError, RawResult
 from .format import to_wire
 
 log = logging.getLogger("sipdlg.mi")
 
 JSON_CT = "application/json"
+#: Paths served without the token: what load balancers and Docker's HEALTHCHECK probe.
+OPEN_PATHS = frozenset({"/health"})
 WRONG_PATH_BODY = b"<html><body>Unable to parse URL!</body></html>"
 _SERVICE = web.AppKey("service", object)
 _NO_ID = object()
@@ -256,6 +261,7 @@ async def rpc(request: web.Request, service: DialogOps, body: bytes) -> web.Stre
 
 def _make_guard(token: str | None, nets: list[Network]) -> Any:
     token_b = token.encode() if token else None
+    refusals = RateLimitedLog(log)  # one line per reason and second: a scan cannot flood
 
     def authorized(header: str) -> bool:
         scheme, _, cred = header.strip().partition(" ")
@@ -282,19 +288,20 @@ def _make_guard(token: str | None, nets: list[Network]) -> Any:
             except ValueError:
                 addr = None
             if addr is None or not any(addr in net for net in nets):
-                log.warning(
+                refusals.warning(
+                    "allow",
                     "MI: refused %s %s from %s: not in --mi-allow",
                     request.method,
                     request.path,
                     peer,
                 )
                 return _empty(403)
-        if token_b is not None:
+        if token_b is not None and request.path not in OPEN_PATHS:
             header = request.headers.get("Authorization", "")
             if not header or not authorized(header):
                 why = "bad credentials" if header else "no credentials"
-                log.warning(
-                    "MI: refused %s %s from %s: %s", request.method, request.path, peer, why
+                refusals.warning(
+                    why, "MI: refused %s %s from %s: %s", request.method, request.path, peer, why
                 )
                 resp = _empty(401)
                 resp.headers.add("WWW-Authenticate", 'Bearer realm="sipdlg-mi"')
@@ -303,6 +310,14 @@ def _make_guard(token: str | None, nets: list[Network]) -> Any:
         return await handler(request)
 
     return guard
+
+
+def _unsupported_media_type(ctype: str) -> web.Response:
+    """415 with a JSON-RPC error saying what to send: a bare 415 leaves a curl user guessing."""
+    got = f"got {ctype!r}" if ctype else "no Content-Type was sent"
+    data = f"the MI takes JSON-RPC with Content-Type: {JSON_CT} ({got})"
+    body = error_body(*INVALID_REQUEST, data, _ID_NULL)
+    return web.Response(status=415, body=body, content_type=JSON_CT)
 
 
 def _is_mi_path(path: str) -> bool:
@@ -334,7 +349,7 @@ def create_mi_app(
             return _empty(405, Allow="POST")
         ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         if ctype != JSON_CT:
-            return _empty(415)
+            return _unsupported_media_type(ctype)
         if request.content_length is not None and request.content_length > max_body:
             return _empty(413, Connection="close")
         try:

@@ -4,7 +4,8 @@
 (``service.records``, fed from the engine's ``DialogEnded`` effects), the MI request counts
 (``service.mi_requests``, bumped by ``app/mi/http.py``), the event bus and its webhooks, the
 loop-lag monitor, and adds ``GET /events`` and ``GET /metrics`` to the MI application
-(``extend_app``), behind the MI's auth.  ``start``/``stop`` run and end the background tasks.
+(``extend_app``), behind the MI's auth, and ``GET /health`` (app/observe/health.py).
+``start``/``stop`` run and end the background tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from engine.dlg_records import Record, RecordRing, make_record
 from engine.events import StateChanged
 
 from .events import EventBus, Webhook, event_dict, sse_handler
+from .health import health_handler
 from .metrics import LoopLag, MetricSource, make_registry, metrics_handler
 
 if TYPE_CHECKING:
@@ -94,9 +96,11 @@ class Lifecycle:
     # -- HTTP -----------------------------------------------------------------------------------
 
     def extend_app(self, app: web.Application) -> None:
-        """Add ``GET /events`` (SSE) and ``GET /metrics`` to the MI app (before its catch-all)."""
+        """Add ``GET /events`` (SSE), ``GET /metrics`` and ``GET /health`` to the MI app
+        (before its catch-all)."""
         app.router.add_get("/events", sse_handler(self.bus))
         app.router.add_get("/metrics", metrics_handler(self.registry))
+        app.router.add_get("/health", health_handler(self.service.readiness))
 
         async def close_streams(_: Any) -> None:
             for consumer in list(self.bus.consumers):

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from engine.dialog import Dialog, Socket
 from engine.dispatcher import DsState
+from engine.errors import SipError
 from engine.events import (
     DestinationChanged,
     DialogChanged,
@@ -32,6 +33,7 @@ from ..config import Settings
 from ..gc_policy import GcPolicy
 from ..observe.lifecycle import Lifecycle
 from ..observe.metrics import counter, gauge
+from ..observe.ratelog import RateLimitedLog, exception_cause
 from ..store.persistence import COMMIT_INTERVAL, Persistence
 from ..tls import TlsContexts, load_tls
 from .interfaces import local_addresses
@@ -42,6 +44,9 @@ from .transport import TcpConnection, UdpEndpoint
 log = logging.getLogger("sipdlg")
 
 UDP_BUFFER = 4 << 20
+#: A bug's traceback is logged once per minute at most; every occurrence is counted in
+#: ``sipdlg_internal_errors_total``.
+BUG_LOG_PERIOD = 60.0
 #: Linux: report ICMP errors (port or host unreachable) on unconnected UDP sockets, with the
 #: address they concern, so that a dead next hop fails over at once (ip(7), ipv6(7)).
 IP_RECVERR = getattr(socketlib, "IP_RECVERR", 11)
@@ -65,6 +70,7 @@ class SipService:
         self.version = VERSION
         self.revision: str | None = None
         self.started_at = time.time()
+        server_header, user_agent_header = settings.header_values()
         config = EngineConfig(
             next_hops=settings.destinations(),
             relay_allow=tuple(settings.relay_allow),
@@ -82,6 +88,8 @@ class SipService:
             ping_timeout=settings.ping_timeout,
             race_condition_timeout=settings.race_condition_timeout,
             report_changes=settings.stores_changes(),
+            server_header=server_header,
+            user_agent_header=user_agent_header,
             pike=settings.pike_config(),
         )
         self.sockets = settings.sockets()
@@ -93,8 +101,9 @@ class SipService:
         )
         #: The host name each TLS target address was resolved from (SNI, certificate check).
         self._server_names: dict[tuple[str, int], str] = {}
-        #: When each (peer, cause) of a transport error was last logged: once a minute each.
-        self._warned: dict[tuple[str, int, str], float] = {}
+        #: Transport errors: one WARNING per peer and cause a minute, however many messages
+        #: meet it.
+        self.transport_log = RateLimitedLog(log, 60.0)
         # Ended-call records, events (SSE, webhooks), metrics: app/observe/lifecycle.py.
         self.lifecycle = Lifecycle(
             self,
@@ -115,12 +124,19 @@ class SipService:
         self._timer_when = float("inf")
         self._literal: dict[str, bool] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        #: Every socket bound (start), and not yet told to stop taking calls (drain).
+        self.listening = False
+        self.draining = False
         #: Dialog persistence (app/store/persistence.py), set by run() unless ``--db none``.
         self.db: Persistence | None = None
         self._flush_handle: asyncio.Handle | None = None
         self.gc = GcPolicy(settings.gc_rescan_period, live=self.engine.held)
-        #: Messages and timer runs that raised inside the engine (a bug; logged each time).
+        #: Messages and timer runs that raised inside the engine (a bug): all counted, a
+        #: traceback logged for the first of each cause per minute.
         self.internal_errors = 0
+        self.bug_log = RateLimitedLog(log, BUG_LOG_PERIOD)
+        #: What peers do, one line per cause and second at most (transports, resolution).
+        self.peer_log = RateLimitedLog(logging.getLogger("sipdlg.transport"))
         self.overload = OverloadControl(
             self.loop,
             self._set_overload,
@@ -164,6 +180,7 @@ class SipService:
             log.info(
                 "listening on %s%s", sock, f" as {sock.hostport}" if sock.advertised_host else ""
             )
+        self.listening = True
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
         self.overload.start()
@@ -173,8 +190,30 @@ class SipService:
             self.db.start(self._release, self.loop, self._wake)
             self.flush()
 
+    def drain(self) -> None:
+        """A graceful stop begins: new INVITEs get 503, and ``/health`` says not ready so that
+        load balancers send new calls elsewhere."""
+        self.draining = True
+        self.engine.stop_accepting()
+
+    def readiness(self) -> dict[str, str]:
+        """The SIP part and the store's for ``GET /health`` (app/observe/health.py)."""
+        if self.draining:
+            sip = "shutting down"
+        elif not self.listening:
+            sip = "not listening"
+        elif any(t.is_closing() for t in self._udp.values()) or not all(
+            s.is_serving() for s in self._tcp_servers
+        ):
+            sip = "a socket is closed"
+        else:
+            sip = "ok"
+        store = "none" if self.db is None else self.db.problem() or "ok"
+        return {"sip": sip, "store": store}
+
     async def stop(self) -> None:
         self.overload.stop()
+        self.listening = False
         await self.lifecycle.stop()
         if self._sweeper:
             self._sweeper.cancel()
@@ -195,9 +234,11 @@ class SipService:
         callid = ""
         try:
             callid = engine.receive(data, sock, src, conn, self.loop.time())
-        except Exception:  # a bug must cost one message, never the server
-            log.exception("error processing a message from %s:%s", src[0], src[1])
+        except Exception as exc:  # a bug must cost one message, never the server
             self.internal_errors += 1
+            self.bug_log.exception(
+                exception_cause(exc), "error processing a message from %s:%s", src[0], src[1]
+            )
         if db is None or not db.realtime or db.release is None:
             self.flush()
             return
@@ -269,9 +310,11 @@ class SipService:
                 self._remember_server_name(target.host, target.port, query.host)
         try:
             self.engine.resolved(query, targets, ttl, self.loop.time())
-        except Exception:
-            log.exception("error resuming requests for %s", query.host)
+        except Exception as exc:
             self.internal_errors += 1
+            self.bug_log.exception(
+                exception_cause(exc), "error resuming requests for %s", query.host
+            )
         self.flush()
 
     def _remember_server_name(self, address: str, port: int, name: str) -> None:
@@ -286,20 +329,16 @@ class SipService:
         self._warn(host, port, f"{proto}: {cause}")
         try:
             self.engine.transport_error(proto, host, port, cause, self.loop.time())
-        except Exception:
-            log.exception("error handling a transport error for %s:%s", host, port)
+        except Exception as exc:
             self.internal_errors += 1
+            self.bug_log.exception(
+                exception_cause(exc), "error handling a transport error for %s:%s", host, port
+            )
         self.flush()
 
     def _warn(self, host: str, port: int, cause: str) -> None:
-        """One WARNING per peer and cause a minute, however many messages meet it."""
-        now = self.loop.time()
-        key = (host, port, cause)
-        if now - self._warned.get(key, -60.0) >= 60.0:
-            if len(self._warned) > 1000:
-                self._warned.clear()
-            self._warned[key] = now
-            log.warning("%s%s: %s", host, f":{port}" if port else "", cause)
+        where = f"{host}:{port}" if port else host
+        self.transport_log.warning(f"{where} {cause}", "%s: %s", where, cause)
 
     def metrics(self) -> Iterator[Metric]:
         """The service's part of ``/metrics``."""
@@ -441,9 +480,9 @@ class SipService:
         self._timer_when = float("inf")
         try:
             self.engine.handle_timers(self.loop.time())
-        except Exception:
-            log.exception("error in a timer")
+        except Exception as exc:
             self.internal_errors += 1
+            self.bug_log.exception(exception_cause(exc), "error in a timer")
         self.flush()
 
     # -- sending ------------------------------------------------------------------------------
@@ -531,6 +570,22 @@ class SipService:
         self._conns[conn.conn_id] = conn
         self._conn_by_peer[(conn.socket.proto, *conn.peer)] = conn
         self.engine.stream_opened()
+
+    def stream_failed(self, conn: TcpConnection, error: SipError, head: bytes) -> None:
+        """A TCP peer broke the framing rules: the engine answers what it can read of the
+        message (400, 513), then the connection closes (its stream position is lost)."""
+        self.peer_log.info(
+            f"framing {error.reason}",
+            "tcp %s:%s: %s; closing",
+            conn.peer[0],
+            conn.peer[1],
+            error.reason,
+        )
+        self.engine.stream_error(
+            head, error, conn.socket, conn.peer, conn.conn_id, self.loop.time()
+        )
+        self.flush()
+        conn.close()
 
     def tcp_closed(self, conn: TcpConnection) -> None:
         if self._conns.get(conn.conn_id) is conn:

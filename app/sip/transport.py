@@ -77,11 +77,7 @@ class TcpConnection(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
-            log.info(
-                "%s %s:%s: %s; closing", self.socket.proto, self.peer[0], self.peer[1], exc.reason
-            )
-            self.service.engine.stream_error()
-            self.close()
+            self.service.stream_failed(self, exc, self.framer.rejected)
             return
         for message in messages:
             self.service.feed(message, self.socket, self.peer, self.conn_id)

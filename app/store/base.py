@@ -51,3 +51,7 @@ class DialogStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the database (and its lock)."""
+
+    def problem(self) -> str | None:
+        """Why the database cannot be used now (``GET /health``), or None."""
+        return None

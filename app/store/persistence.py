@@ -662,6 +662,22 @@ class Persistence:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 await self.prune_in_steps()
 
+    def problem(self) -> str | None:
+        """Why the store is not ready for ``GET /health``, or None: closed, its database
+        unusable, the writer process it should commit in gone, or a commit stalled."""
+        if self.closed:
+            return "closed"
+        trouble = self.store.problem()
+        if trouble:
+            return trouble
+        if self.wants_process:
+            writer = self.writer
+            if not isinstance(writer, ProcessWriter) or writer.proc.poll() is not None:
+                return "the database writer process is not running"
+        if self.in_flight and time.monotonic() - self.in_flight[0].started >= STALL_AFTER:
+            return f"a commit has waited over {STALL_AFTER:.0f} s"
+        return None
+
     def check_stalled(self) -> bool:
         """Log (every STALL_LOG_EVERY s at most) when the oldest group in flight has waited
         over STALL_AFTER for its commit: a hung disk or a stopped writer holds every message

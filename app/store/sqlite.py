@@ -435,6 +435,14 @@ class SqliteStore(DialogStore):
             return 0
         return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
+    def problem(self) -> str | None:
+        """Closed, or its file removed under it (every write would then be lost)."""
+        if self.db is None:
+            return f"database {self.path} is closed"
+        if not os.path.exists(self.path):
+            return f"database {self.path} was removed"
+        return None
+
     def close(self) -> None:
         db, self.db = self.db, None
         if db is not None:
