@@ -26,7 +26,6 @@ from test_persistence import (
 from test_persistence_store import FIELDS, engine, fake_dialog
 
 from app.store.redis_store import RedisStore
-from app.store.sqlite import open_store
 from engine.dlg_db import DIALOG_COLUMNS, DbError, dialog_row, restore_dialogs, state_row
 
 
@@ -84,7 +83,7 @@ def test_nodes_have_their_own_keys_and_hash_size_is_checked(redis_server: RedisS
 def test_unreachable_redis_is_a_one_line_error(tmp_path: Path) -> None:
     dead = RedisServer(tmp_path)  # never started: nothing listens on its port
     with pytest.raises(DbError, match=f"cannot use redis://127.0.0.1:{dead.port}/0"):
-        open_store(dead.url, 4096)
+        RedisStore(dead.url, 4096)
 
 
 def test_kill9_restart_on_redis_keeps_every_call(

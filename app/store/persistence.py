@@ -784,13 +784,18 @@ def open_persistence(settings: Any, engine: Engine) -> Persistence | None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         except OSError as exc:
             raise DbError(f"cannot create --data-dir {settings.data_dir}: {exc.strerror}") from None
-    store = open_store(
-        settings.db,
-        settings.hash_size,
-        data_dir=settings.data_dir,
-        synchronous=settings.db_sync,
-        node_id=str(settings.node_id),
-    )
+    store: DialogStore | None
+    if remote:
+        from .redis_store import RedisStore
+
+        store = RedisStore(path, settings.hash_size, str(settings.node_id))
+    else:
+        store = open_store(
+            settings.db,
+            settings.hash_size,
+            data_dir=settings.data_dir,
+            synchronous=settings.db_sync,
+        )
     assert store is not None
     log.info("dialog persistence: %s, db_mode %s", store.where, settings.db_mode)
     return Persistence(

@@ -474,22 +474,14 @@ def ended_row(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def open_store(
-    url: str,
-    hash_size: int,
-    *,
-    data_dir: str = ".",
-    synchronous: str = "normal",
-    node_id: str = "1",
+    url: str, hash_size: int, *, data_dir: str = ".", synchronous: str = "normal"
 ) -> DialogStore | None:
-    """The store named by ``--db`` (None for ``none``); raises DbError with a one-line reason."""
+    """The SQLite store named by ``--db`` (None for ``none``); raises DbError with a one-line
+    reason.  (A ``redis://`` URL is opened by ``persistence.open_persistence``.)"""
     try:
         path = parse_db_url(url, data_dir)
     except ValueError as exc:
         raise DbError(str(exc)) from None
     if path is None:
         return None
-    if path.lower().startswith(("redis://", "rediss://")):
-        from .redis_store import RedisStore
-
-        return RedisStore(path, hash_size, node_id)
     return SqliteStore(path, hash_size, synchronous)
