@@ -287,3 +287,16 @@ def _line_text(name: str) -> str:
         except (OSError, IndexError):
             continue
     return ""
+
+
+def start_uas(tmp: Path, seconds: float, tag: str) -> Any:
+    """A SIPp ``uas`` on a free loopback port for a run of ``seconds``, started and bound."""
+    from helpers import Sipp
+
+    uas = Sipp(
+        "uas", workdir=tmp, timeout=seconds * 3 + 60, timeout_error=False, trace_msg=False,
+        name=f"uas-{tag}",
+    )  # fmt: skip
+    uas.start()
+    uas.wait_listening()
+    return uas

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import busy_cpus, print_header
+from _common import busy_cpus, print_header, start_uas
 from helpers import SipdlgProcess, Sipp, SippError
 
 
@@ -37,12 +37,7 @@ def scrape(server: SipdlgProcess) -> dict[str, float]:
 def step(tmp: Path, rate: int, seconds: float, pause_ms: int, shedding: bool) -> str:
     offered = int(rate * seconds)
     tag = f"{'on' if shedding else 'off'}-{int(time.time() * 1000) % 100000}"
-    uas = Sipp(
-        "uas", workdir=tmp, timeout=seconds * 3 + 60, timeout_error=False, trace_msg=False,
-        name=f"uas-{tag}",
-    )  # fmt: skip
-    uas.start()
-    uas.wait_listening()
+    uas = start_uas(tmp, seconds, tag)
     opts: dict[str, object] = {"db": "none", "log_level": "warning"}
     if not shedding:
         opts.update(overload_lag_ms=0, overload_queue_kb=0)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import busy_cpus, print_header, tree_cpu_seconds
+from _common import busy_cpus, print_header, start_uas, tree_cpu_seconds
 from helpers import LOOPBACK, SipdlgProcess, Sipp, SippError
 from helpers.dns_server import DnsServer
 
@@ -26,12 +26,7 @@ def step(tmp: Path, rate: int, seconds: float, by_dns: bool) -> tuple[float, int
     """(CPU µs per call, calls completed, calls offered, DNS queries) for one run."""
     offered = int(rate * seconds)
     tag = f"{'dns' if by_dns else 'ip'}-{int(time.time() * 1000) % 100000}"
-    uas = Sipp(
-        "uas", workdir=tmp, timeout=seconds * 2 + 40, timeout_error=False, trace_msg=False,
-        name=f"uas-{tag}",
-    )  # fmt: skip
-    uas.start()
-    uas.wait_listening()
+    uas = start_uas(tmp, seconds, tag)
     records = {
         ("_sip._udp.pbx.bench", "SRV"): [f"10 0 {uas.port} a.pbx.bench."],
         ("a.pbx.bench", "A"): [LOOPBACK],

@@ -333,9 +333,7 @@ def test_a_failed_first_write_followed_by_an_ack_still_writes_the_whole_row(
     rig = Rig(report_changes=True)
     store = SqliteStore(str(tmp_path / "d.db"), 4096)
     db = rig.persistence = Persistence(rig.eng, store)
-    call = Call(1)
-    inv = one(rig.recv(call.invite()), method="INVITE")
-    ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+    call, ok, _ = answered(rig)
     in_flight = db._changes()  # handed to the writer
     assert in_flight is not None
     rig.recv(call.ack(ok))  # meanwhile: state only
