@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, load_settings
+from .tls import load_tls
 
 #: The integer settings: flag, metavar, help (with the default).
 INT_OPTIONS = """
@@ -29,6 +30,10 @@ INT_OPTIONS = """
 --event-queue N events queued per consumer (1000)
 --fr-timeout S skip a silent next hop after (5)
 --probe-interval S OPTIONS probes of next hops (0: off)
+--overload-lag-ms MS shed new INVITEs past this loop lag (100; 0 off)
+--overload-queue-kb KB shed past this UDP receive queue (1024; 0 off)
+--overload-recover S stop shedding after S calm seconds (2)
+--overload-retry-after S Retry-After of the 503s (2)
 --pike-requests N requests per source IP per window, 0 off (30)
 --pike-window S rate-limit window (2)
 """
@@ -47,7 +52,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--next-hop",
         action="append",
         metavar="[PROTO:]HOST[:PORT][;priority=N][;weight=N]",
-        help="send every initial request here (repeatable: failover by priority, as OpenSIPS's "
+        help="send every initial request here (PROTO udp, tcp or tls; repeatable: failover by "
+        "priority, as OpenSIPS's "
         "dispatcher; a name without port is found by DNS SRV); default: by Request-URI",
     )
     p.add_argument(
@@ -63,6 +69,21 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="IP[:PORT]",
         help="DNS server for RFC 3263 routing (repeatable; default /etc/resolv.conf)",
     )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) of tls: sockets")
+    p.add_argument("--tls-key", metavar="FILE", help="its PEM private key (default: in --tls-cert)")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CAs that TLS servers we connect to must chain to (default: the system's)",
+    )
+    p.add_argument(
+        "--tls-verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check the certificates of TLS servers we connect to (default on)",
+    )
+    p.add_argument("--mi-tls-cert", metavar="FILE", help="serve the MI over HTTPS: certificate")
+    p.add_argument("--mi-tls-key", metavar="FILE", help="its private key (default: in the cert)")
     p.add_argument(
         "--mi-listen", metavar="IP:PORT", help="MI HTTP address (127.0.0.1:8888), or none"
     )
@@ -82,7 +103,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--ping",
         choices=["caller", "callee", "both", "none"],
-        help="in-dialog OPTIONS pings to this side (none)",
+        help="in-dialog pings to this side (none)",
+    )
+    p.add_argument(
+        "--ping-method",
+        choices=["options", "reinvite"],
+        help="ping by OPTIONS (OpenSIPS flags P/p) or re-INVITE with the current SDP (R/r)",
     )
     p.add_argument(
         "--webhook",
@@ -99,9 +125,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument(
         "--db",
         metavar="URL",
-        help="dialog persistence: sqlite:///PATH (default sqlite:///sipdlg.db under --data-dir) "
-        "or none (memory only)",
+        help="dialog persistence: sqlite:///PATH (default sqlite:///sipdlg.db under --data-dir), "
+        "redis://HOST:PORT/DB, or none (memory only)",
     )
+    p.add_argument("--node-id", metavar="NAME", help="this node's key prefix in Redis (1)")
     p.add_argument("--data-dir", metavar="DIR", help="where relative --db paths live (.)")
     p.add_argument(
         "--db-mode",
@@ -211,6 +238,7 @@ def serve(args: argparse.Namespace) -> int:
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "no_uvloop")}
     try:
         settings = load_settings(cli, args.config)
+        tls = load_tls(settings)  # every certificate and key, before anything binds
         try:
             from .mi.http import check_mi_exposure
 
@@ -238,7 +266,7 @@ def serve(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, tls=tls))
     except DbError as exc:
         print(f"sipdlg: cannot start: {exc}", file=sys.stderr)
         return 1

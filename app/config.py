@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.dialog import Socket
 from engine.dispatcher import Destination, parse_destination
+from engine.locator import TRANSPORTS
 from engine.pike import PikeConfig
 
 
@@ -36,6 +37,13 @@ class Settings:
     fr_timeout: int = 5
     #: Seconds between OPTIONS probes of the next hops (0: off; OpenSIPS's default is 10).
     probe_interval: int = 0
+    #: Overload control (app/sip/overload.py): event-loop lag that starts shedding new INVITEs
+    #: with 503 (0: off), seconds under half of it before it stops, the Retry-After given.
+    overload_lag_ms: int = 100
+    #: Bytes (KB) waiting in a UDP socket's receive queue that start shedding too (0: off).
+    overload_queue_kb: int = 1024
+    overload_recover: int = 2
+    overload_retry_after: int = 2
     #: DNS servers for RFC 3263 routing, ``IP[:PORT]`` (default: /etc/resolv.conf's).
     dns_servers: list[str] = field(default_factory=list)
     mi_listen: str = "127.0.0.1:8888"
@@ -53,6 +61,8 @@ class Settings:
     log_level: str = "info"
     # Persistence (docs/persistence.md): SQLite file, relative paths under data_dir.
     db: str = "sqlite:///sipdlg.db"
+    #: This node's name in a shared store: its Redis keys are ``sipdlg:<node_id>:...``.
+    node_id: str = "1"
     data_dir: str = "."
     db_mode: str = "realtime"
     db_update_period: int = 60
@@ -61,6 +71,7 @@ class Settings:
     # Dialog lifecycle (docs/lifecycle.md)
     bye_on_timeout: bool = True
     ping: str = "none"
+    ping_method: str = "options"
     ping_interval: int = 30
     ping_timeout: int = 5
     race_condition_timeout: int = 5
@@ -68,6 +79,15 @@ class Settings:
     webhook: list[str] = field(default_factory=list)
     webhook_timeout: int = 5
     event_queue: int = 1000
+    # TLS (docs/tls.md): the certificate and key of tls: sockets, the CAs that servers we
+    # connect to must chain to (the system's when unset), and whether to check them at all.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    # HTTPS for the MI, /metrics and /events.
+    mi_tls_cert: str | None = None
+    mi_tls_key: str | None = None
     #: The Server header of sipdlg's own replies and the User-Agent of its own requests
     #: (OpenSIPS ``server_header``/``user_agent_header``): the value, or "" / "off" for none.
     server_header: str = "sipdlg"
@@ -147,9 +167,13 @@ LIST_FIELDS = {
     "dns_servers",
     "pike_trusted",
 }
-BOOL_FIELDS = {"bye_on_timeout"}
+BOOL_FIELDS = {"bye_on_timeout", "tls_verify"}
 PING_MODES = ("none", "caller", "callee", "both")
 INT_FIELDS = {
+    "overload_lag_ms",
+    "overload_queue_kb",
+    "overload_recover",
+    "overload_retry_after",
     "fr_timeout",
     "probe_interval",
     "db_update_period",
@@ -224,8 +248,8 @@ def parse_socket(text: str) -> Socket:
     spec = spec.strip()
     proto, colon, rest = spec.partition(":")
     proto = proto.lower()
-    if not colon or proto not in ("udp", "tcp"):
-        raise ConfigError(f"--listen: expected udp:IP:PORT or tcp:IP:PORT, got {text!r}")
+    if not colon or proto not in TRANSPORTS:
+        raise ConfigError(f"--listen: expected udp:, tcp: or tls:IP:PORT, got {text!r}")
     host, port = split_host_port(rest, "--listen")
     try:
         address = ipaddress.ip_address(host)
@@ -344,9 +368,20 @@ def load_settings(
 
 
 def validate(settings: Settings) -> None:
-    settings.sockets()
-    settings.destinations()
+    sockets = settings.sockets()
+    for hop in settings.destinations():
+        if hop.proto and all(s.proto != hop.proto for s in sockets):
+            raise ConfigError(
+                f"--next-hop {hop.uri}: no {hop.proto} socket to send from; "
+                f"add --listen {hop.proto}:IP:PORT"
+            )
     settings.dns_server_addresses()
+    if settings.overload_queue_kb < 0:
+        raise ConfigError("overload_queue_kb must not be negative")
+    if settings.overload_lag_ms < 0 or settings.overload_recover <= 0:
+        raise ConfigError("overload_lag_ms must not be negative, overload_recover positive")
+    if settings.overload_retry_after <= 0:
+        raise ConfigError("overload_retry_after must be positive")
     if settings.fr_timeout <= 0 or settings.probe_interval < 0:
         raise ConfigError("fr_timeout must be positive, probe_interval not negative")
     settings.mi_address()
@@ -375,6 +410,10 @@ def validate(settings: Settings) -> None:
         parse_db_url(settings.db, settings.data_dir)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.ping_method not in ("options", "reinvite"):
+        raise ConfigError(
+            f"ping_method: expected options or reinvite, got {settings.ping_method!r}"
+        )
     if settings.ping not in PING_MODES:
         raise ConfigError(f"ping: expected one of {', '.join(PING_MODES)}, got {settings.ping!r}")
     if settings.ping_interval <= 0 or settings.ping_timeout <= 0:

@@ -14,13 +14,18 @@ from engine.proxy import VERSION
 from .config import Settings
 from .sip.service import SipService
 from .store.persistence import open_persistence
+from .tls import TlsContexts, load_tls
 
 log = logging.getLogger("sipdlg")
 
 
-async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT."""
-    service = SipService(settings)
+async def run(
+    settings: Settings, ready: asyncio.Event | None = None, tls: TlsContexts | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT.  ``tls``: the contexts the command line loaded and checked
+    before this (loaded here if not)."""
+    tls = tls if tls is not None else load_tls(settings)
+    service = SipService(settings, tls=tls)
     service.db = open_persistence(settings, service.engine)  # DbError: refuse to start
     try:
         await service.start()
@@ -45,8 +50,10 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
             allow=settings.mi_allow or None,
             max_body=settings.mi_max_body,
             extend=service.lifecycle.extend_app,
+            ssl_context=tls.mi,
         )
-        log.info("MI on http://%s:%s/mi", host, port)
+        scheme = "https" if tls.mi is not None else "http"
+        log.info("MI on %s://%s:%s/mi", scheme, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -344,12 +344,35 @@ def _parse_via_slow(value: str) -> Via:
     return Via(transport.upper(), host, port, params)
 
 
+#: Transports that carry SIP over a connection: framed by Content-Length, and a reply or
+#: in-dialog request goes back on the connection it belongs to.
+STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
+
+
+def is_stream(proto: str) -> bool:
+    """Whether ``proto`` (lower case) is a stream: TCP, or TLS over TCP."""
+    return proto in STREAM_TRANSPORTS
+
+
+def is_sips(uri: str) -> bool:
+    """Whether ``uri`` is a SIPS URI: TLS on every hop (RFC 3261 §26.2, RFC 5630)."""
+    return uri[:5].lower() == "sips:"
+
+
 def uri_target(uri: str, default_proto: str) -> tuple[str, str, int]:
-    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV)."""
+    """(proto, host, port) a request for ``uri`` goes to (RFC 3263 without NAPTR/SRV).
+
+    A ``sips:`` URI goes over TLS (RFC 3261 §26.2; its ``;transport=tcp`` means TLS over TCP,
+    RFC 5630 §3.1.3), never over UDP or plain TCP.  TLS's default port is 5061."""
     u = parse_uri(uri)
     if u.scheme not in ("sip", "sips"):
         raise SipError(416, "Unsupported URI Scheme")
-    proto = u.transport or ("tcp" if u.scheme == "sips" else default_proto)
-    if proto not in ("udp", "tcp"):
+    if u.scheme == "sips":
+        if u.transport not in (None, "tcp", "tls"):
+            raise SipError(416, "Unsupported URI Scheme")
+        proto = "tls"
+    else:
+        proto = u.transport or default_proto
+    if proto != "udp" and not is_stream(proto):
         raise SipError(503, f"Unsupported transport {proto}")
-    return proto, u.host, u.port or 5060
+    return proto, u.host, u.port or (5061 if proto == "tls" else 5060)

@@ -15,20 +15,11 @@ from .address import split_values
 from .dialog import ANSWERED, CalleeLeg, Dialog, DlgEvent, DlgState, EndReason, Socket
 from .dlg_life import fail, terminate, transition
 from .locator import locate
-from .message import ENCODING, ERRORS, SipError, SipMessage
+from .message import SipError, SipMessage, sdp_of
 from .transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:
     from .proxy import Engine
-
-
-def sdp_of(msg: SipMessage) -> str | None:
-    if not msg.body:
-        return None
-    ctype = msg.get("content-type")
-    if ctype is None or not ctype.lower().startswith("application/sdp"):
-        return None
-    return msg.body.decode(ENCODING, ERRORS)
 
 
 def _uri_of(name_addr: str) -> str:
@@ -255,6 +246,8 @@ def route_in_dialog(
         reason = EndReason.DOWNSTREAM_BYE if direction == 1 else EndReason.UPSTREAM_BYE
         terminate(eng, dlg, reason)
 
+    original = _renumber_cseq(dlg, msg, direction, cseq) if call_leg and method != "CANCEL" else 0
+
     if own_route is None and eng.is_local_uri(msg.ruri):
         # The user agent ignored Record-Route: send on with the stored target and route set
         # (OpenSIPS fix_route_dialog).
@@ -271,9 +264,37 @@ def route_in_dialog(
         for r in routes:
             msg.add_last("Route", r)
     if direction == 1:
-        _send_on(eng, msg, stx, leg.socket or dlg.caller_socket, dlg, direction, conn=None)
+        out = leg.socket or dlg.caller_socket
+        _send_on(eng, msg, stx, out, dlg, direction, conn=None, original_cseq=original)
     else:
-        _send_on(eng, msg, stx, dlg.caller_socket, dlg, direction, conn=dlg.caller_conn)
+        out, conn = dlg.caller_socket, dlg.caller_conn
+        _send_on(eng, msg, stx, out, dlg, direction, conn=conn, original_cseq=original)
+
+
+def _renumber_cseq(dlg: Dialog, msg: SipMessage, direction: int, cseq: int) -> int:
+    """After the proxy sent a request of its own to a party (a ping), that party has seen a
+    CSeq its peer never used: the peer's later requests are renumbered above it, as OpenSIPS
+    does, and stay so (the shift is kept).  Returns the original number when it changed, so
+    the responses can carry it back; 0 otherwise.  An ACK takes its INVITE's shift."""
+    if direction == 1:
+        seen, shift = dlg.local_cseq_callee, dlg.cseq_shift_callee
+    else:
+        seen, shift = dlg.local_cseq_caller, dlg.cseq_shift_caller
+    if not seen:
+        return 0  # the proxy never spoke to that party: numbers pass unchanged
+    out = cseq + shift
+    if msg.method != "ACK":
+        if out <= seen:
+            shift = seen + 1 - cseq
+            out = cseq + shift
+        if direction == 1:
+            dlg.local_cseq_callee, dlg.cseq_shift_callee = out, shift
+        else:
+            dlg.local_cseq_caller, dlg.cseq_shift_caller = out, shift
+    if out == cseq:
+        return 0
+    msg.set("CSeq", f"{out} {msg.cseq[1]}")
+    return cseq
 
 
 def _send_on(
@@ -285,13 +306,16 @@ def _send_on(
     direction: int,
     conn: int | None,
     checked: bool = False,
+    original_cseq: int = 0,
 ) -> None:
     """Forward to the first Route, else to the Request-URI; ``checked``: only to a
-    destination the relay policy allows."""
+    destination the relay policy allows; ``original_cseq``: the number the sender used, put
+    back into the responses (renumbered requests)."""
     routes = msg.get("route")
     uri = _uri_of(split_values(routes)[0]) if routes else msg.ruri
     where = locate(uri, default.proto)
     if checked and not eng.relay.allows(where):
         raise SipError(403, "Relay Forbidden")
     attempt = failover.Attempt(msg, stx, default, dlg, direction, conn, False, [(None, where)])
+    attempt.original_cseq = original_cseq
     failover.advance(eng, attempt)

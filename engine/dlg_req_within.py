@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .address import uri_target
+from .address import is_stream, uri_target
 from .dialog import Dialog, DlgState
 from .dlg_life import fail, terminate
-from .message import SipError, SipMessage, header_key
+from .message import ENCODING, ERRORS, SipError, SipMessage, header_key
 from .transaction import T1, ClientTransaction, TxState
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def send_within(
     to_caller: bool,
     handler: Callable[[ClientTransaction, SipMessage | None], None],
     extra: str = "",
+    sdp: str = "",
 ) -> ClientTransaction | None:
     """Send a request inside ``dlg`` to one party, playing the other one (as OpenSIPS).
 
@@ -97,14 +98,14 @@ def send_within(
         out = eng.socket_for(proto, socket, host)
     except SipError:  # an unroutable stored target: nothing can be sent on this leg
         return None
-    if proto != "tcp":
+    if not is_stream(proto):
         conn = None
     if to_caller:
-        cseq = max(dlg.callee_cseq, dlg.local_cseq_caller) + 1
+        cseq = max(dlg.callee_cseq + dlg.cseq_shift_caller, dlg.local_cseq_caller) + 1
         dlg.local_cseq_caller = cseq
     else:
         assert leg is not None
-        cseq = max(leg.caller_cseq, dlg.local_cseq_callee) + 1
+        cseq = max(leg.caller_cseq + dlg.cseq_shift_callee, dlg.local_cseq_callee) + 1
         dlg.local_cseq_callee = cseq
     eng.mark_dirty(dlg)
     branch = eng.new_branch()
@@ -118,7 +119,9 @@ def send_within(
         ("Max-Forwards", "70"),
         *user_agent(eng),
     ]
-    data, msg = build_request(method, ruri, headers, extra)
+    if method == "INVITE":  # a re-INVITE ping: we are the other party's stand-in
+        headers.append(("Contact", f"<sip:{out.hostport}{_transport_param(out.proto)}>"))
+    data, msg = build_request(method, ruri, headers, extra, sdp=sdp)
     ctx = ClientTransaction(eng, branch, msg, out, host, port, conn)
     ctx.dialog = dlg
     ctx.handler = handler
@@ -140,6 +143,7 @@ def build_request(
     extra: str = "",
     *,
     lines: list[tuple[str, str]] | None = None,
+    sdp: str = "",
 ) -> tuple[bytes, SipMessage]:
     """A request the engine originates: the bytes to send and the same message, built once
     (nothing is written as text and parsed back).  ``headers`` are (name, value) pairs;
@@ -151,9 +155,28 @@ def build_request(
         name, colon, value = line.partition(":")
         if colon:
             rows.append([header_key(name), line, value.strip()])
-    rows.append(["content-length", "Content-Length: 0", "0"])
-    msg = SipMessage(method, ruri, 0, "", rows, b"")
+    body = sdp.encode(ENCODING, ERRORS)
+    if body:
+        rows.append(["content-type", "Content-Type: application/sdp", "application/sdp"])
+    rows.append(["content-length", f"Content-Length: {len(body)}", str(len(body))])
+    msg = SipMessage(method, ruri, 0, "", rows, body)
     return msg.to_bytes(), msg
+
+
+def send_ack(eng: Engine, invite: ClientTransaction, request: SipMessage) -> None:
+    """The ACK for a 2xx to a re-INVITE the engine sent (``request``; RFC 3261 §13.2.2.4):
+    end to end, a new branch, the INVITE's Request-URI, Route, From, To, Call-ID and CSeq."""
+    branch = eng.new_branch()
+    via = f"Via: SIP/2.0/{invite.socket.proto.upper()} {invite.socket.hostport};branch={branch}"
+    lines = [("via", via)]
+    lines += [(h[0], h[1]) for h in request.headers if h[0] in ("route", "from", "to", "call-id")]
+    lines += [("cseq", f"CSeq: {request.cseq[0]} ACK"), ("max-forwards", "Max-Forwards: 70")]
+    data, _ = build_request("ACK", request.ruri, [], lines=lines)
+    eng.send(invite.socket, invite.host, invite.port, invite.conn, data)
+
+
+def _transport_param(proto: str) -> str:
+    return "" if proto == "udp" else f";transport={proto}"
 
 
 def _bye_answered(ctx: ClientTransaction, msg: SipMessage | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import dlg_life
+from .address import is_sips, is_stream
 from .dialog import Dialog, Socket
 from .dispatcher import Destination, DsState
 from .errors import SipError
@@ -47,6 +48,8 @@ class Attempt:
     #: Record-Route values added for the current target (taken off again for the next).
     added: int = 0
     reason: str = ""
+    #: The sender's CSeq number when the request was renumbered (0: it was not).
+    original_cseq: int = 0
 
 
 def advance(eng: Engine, a: Attempt) -> None:
@@ -136,12 +139,13 @@ def _send(eng: Engine, a: Attempt, target: Target) -> bool:
         return False
     if a.record_route:
         did = a.dlg.did if a.dlg is not None else "0"
+        sips = is_sips(a.msg.ruri)
         if out is not a.socket:
-            a.msg.add_first("Record-Route", eng.record_route(a.socket, did))
+            a.msg.add_first("Record-Route", eng.record_route(a.socket, did, sips))
             a.added += 1
-        a.msg.add_first("Record-Route", eng.record_route(out, did))
+        a.msg.add_first("Record-Route", eng.record_route(out, did, sips))
         a.added += 1
-    conn = a.conn if target.proto != "udp" else None
+    conn = a.conn if is_stream(target.proto) else None
     try:
         ctx = eng.forward(a.msg, a.stx, out, target.host, target.port, conn, a.dlg, a.direction)
     except SipError as exc:  # 513: too large for UDP, so for any UDP target: answer now

@@ -295,6 +295,16 @@ class SipMessage:
         return f"<SipMessage {self.start_line()!r}>"
 
 
+def sdp_of(msg: SipMessage) -> str | None:
+    """The SDP body of a message, or None."""
+    if not msg.body:
+        return None
+    ctype = msg.get("content-type")
+    if ctype is None or not ctype.lower().startswith("application/sdp"):
+        return None
+    return msg.body.decode(ENCODING, ERRORS)
+
+
 def parse_cseq(value: str | None) -> tuple[int, str]:
     if value is None:
         raise SipError(400, "Missing CSeq")

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import dlg_handlers, dlg_life, dlg_req_within, dlg_timer, failover, probing
-from .address import parse_number, parse_uri, split_values
+from .address import is_sips, parse_number, parse_uri, split_values
 from .dialog import Dialog, DlgState, EndReason, Socket
 from .dispatcher import Destination, DestinationSet, DsState
 from .dlg_table import DialogTable
 from .events import DialogChanged, DialogEnded, Event, Resolve, Send, StateChanged
-from .locator import Locator, Query, Target, locate
+from .locator import TRANSPORTS, Locator, Query, Target, locate
 from .message import ENCODING, ERRORS, SipError, SipMessage, header_key, parse, validate_request
 from .pike import PikeConfig, pike_for
 from .relay import RelayPolicy
@@ -74,6 +74,9 @@ class EngineConfig:
     #: In-dialog OPTIONS pings (flags P/p): "none", "caller", "callee" or "both".
     ping: str = "none"
     ping_interval: float = 30.0
+    #: "options" (OpenSIPS flags P/p) or "reinvite" (flags R/r: a re-INVITE with the party's
+    #: current SDP, for user agents that do not answer OPTIONS).
+    ping_method: str = "options"
     #: Emit ``DialogChanged`` for what a store must write (the shell has a store).
     report_changes: bool = False
     #: No final answer to a ping within this many seconds ends the dialog.
@@ -111,6 +114,9 @@ class Engine:
         self._sends: list[Send] = []
         self._events: list[Event] = []
         self._accepting = True
+        self._shedding: int | None = None
+        self._shed_share = 1.0
+        self._shed_credit = 0.0
         self._report_states = True
         self._local_hosts = {s.host for s in sockets} | set(self.config.local_hosts)
         self._local_hosts |= {s.advertised_host for s in sockets if s.advertised_host}
@@ -240,6 +246,18 @@ class Engine:
         if error.status and head and not head.startswith((b"SIP/", b"ACK ")):
             self._reply_to_garbage(head, error, socket, src, conn)
 
+    def set_overload(self, retry_after: int | None, now: float, share: float = 1.0) -> None:
+        """The shell's overload verdict (RFC 7339's problem, RFC 6357's advice: reject early,
+        keep what is established).  While ``retry_after`` is set, that ``share`` of new
+        INVITEs (evenly spread; the first one is always among them) gets ``503 Service
+        Unavailable`` with ``Retry-After``, statelessly: no transaction, no dialog, nothing
+        forwarded.  Responses, ACKs, CANCELs and every in-dialog request are served."""
+        self.now = now
+        if retry_after is not None and self._shedding is None:
+            self._shed_credit = 1.0
+        self._shedding = retry_after
+        self._shed_share = share
+
     def stop_accepting(self) -> None:
         """From now on new INVITEs get 503 (a graceful shutdown)."""
         self._accepting = False
@@ -342,7 +360,11 @@ class Engine:
                 return s
         raise SipError(503, f"No {proto.upper()} IPv{family} socket")
 
-    def record_route(self, socket: Socket, did: str) -> str:
+    def record_route(self, socket: Socket, did: str, sips: bool = False) -> str:
+        """Our Record-Route entry for ``socket``: a sips URI on a TLS socket when the request
+        is for a sips URI (RFC 3261 §16.6 step 4), else sip naming any transport but UDP."""
+        if sips and socket.proto == "tls":
+            return f"<sips:{socket.hostport};lr;did={did}>"
         transport = "" if socket.proto == "udp" else f";transport={socket.proto}"
         return f"<sip:{socket.hostport}{transport};lr;did={did}>"
 
@@ -456,6 +478,12 @@ class Engine:
                 stx.on_retransmission(msg)
                 return
 
+        if self._shedding is not None and method == "INVITE" and not msg.to.tag and self._shed():
+            stats.shed_invites += 1
+            retry = f"Retry-After: {self._shedding}"
+            self._reply_stateless(msg, 503, "Service Unavailable", socket, src, conn, retry)
+            return
+
         if method == "CANCEL":
             self._on_cancel(msg, key, socket, src, conn)
             return
@@ -496,6 +524,14 @@ class Engine:
         except SipError as exc:
             if stx is not None:
                 self.reply(stx, exc.status or 500, exc.reason)
+
+    def _shed(self) -> bool:
+        """Whether this new INVITE is one of the share turned away."""
+        self._shed_credit += self._shed_share
+        if self._shed_credit >= 1.0:
+            self._shed_credit -= 1.0
+            return True
+        return False
 
     def _fix_via(self, msg: SipMessage, src: tuple[str, int]) -> None:
         """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
@@ -555,7 +591,13 @@ class Engine:
             raise SipError(503, "Service Unavailable")
         hops: list[tuple[Destination | None, failover.Where]]
         if self.dispatcher is not None:
-            hops = [(d, d.where(socket.proto)) for d in self.dispatcher.order()]
+            order = self.dispatcher.order()
+            if is_sips(msg.ruri):  # TLS on every hop, never downgraded (RFC 5630 §3.1.1)
+                hops = [(d, d.where("tls")) for d in order if d.proto in (None, "tls")]
+                if order and not hops:
+                    raise SipError(416, "Unsupported URI Scheme")
+            else:
+                hops = [(d, d.where(socket.proto)) for d in order]
             if not hops:
                 raise SipError(503, "No Destination Available")
         else:
@@ -700,7 +742,9 @@ class Engine:
             return
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
-        proto = via.transport.lower() if via.transport in ("UDP", "TCP") else "udp"
+        proto = via.transport.lower()
+        if proto not in TRANSPORTS:
+            proto = "udp"
         try:  # received and rport come from the wire: an ASCII host and a real port, or drop
             port = parse_number(rport, 65535, "rport") if rport else (via.port or 5060)
             if not port or not host.isascii():
@@ -747,6 +791,9 @@ class Engine:
         stx = txn.server
         if stx is None:
             return
+        attempt = txn.attempt
+        if attempt is not None and attempt.original_cseq:
+            msg.set("CSeq", f"{attempt.original_cseq} {txn.method}")  # renumbered request
         msg.pop_first_value("via")
         if stx.to_tag is None:
             stx.to_tag = msg.to.tag

@@ -47,6 +47,7 @@ class Stats:
         "sent_requests_by_method",
         "sent_replies_by_class",
         "unexpected_transitions",
+        "shed_invites",
     )
 
     def __init__(self) -> None:
@@ -74,6 +75,8 @@ class Stats:
         self.tcp_connections: int = 0
         #: (state, event) pairs the dialog table neither allows nor expects (engine.dlg_life).
         self.unexpected_transitions: int = 0
+        #: New INVITEs answered 503 while the shell reported an overload (Engine.set_overload).
+        self.shed_invites: int = 0
         self.requests_by_method: Counter[str] = Counter()
         self.replies_by_class: Counter[str] = Counter()
         #: Outgoing messages (retransmissions included), keyed by raw bytes to stay cheap:

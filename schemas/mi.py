@@ -384,6 +384,23 @@ class PikeListOut(BaseModel):
     IPs: list[str]
 
 
+class LogLevelProcessOut(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    PID: int
+    log_level: int = Field(alias="Log level")
+    Type: str
+
+
+class LogLevelOut(BaseModel):
+    """No params: each process's level; ``level``: ``New global log level``; with ``pid``:
+    ``Log level`` (OpenSIPS 3.x)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    Processes: list[LogLevelProcessOut] | None = None
+    new_global: int | None = Field(default=None, alias="New global log level")
+    log_level: int | None = Field(default=None, alias="Log level")
+
+
 OkOut = Literal["OK"]
 StatsOut = dict[str, int]
 StatKindsOut = dict[str, Literal["incremental", "non-incremental"]]
@@ -404,6 +421,8 @@ P_MI_CMD = Param("mi_cmd", "string", "an MI command name")
 P_REVISION = Param("revision", "string", "any value: also report the source revision")
 P_TIMEOUT = Param("timeout", "int", "new remaining lifetime in seconds, from now (> 0)")
 P_STATISTICS = Param("statistics", "array", "statistic names, 'group:' prefixes or 'all'")
+P_LEVEL = Param("level", "int", "OpenSIPS log level: -3 alert ... 1 warning, 3 info, 4 debug")
+P_PID = Param("pid", "int", "the process (sipdlg's own pid)")
 P_FULL = Param("full", "string", "any value: also list weight and priority")
 P_DS_STATE = Param("state", "string", "a (active), i (inactive) or p (probing)")
 P_DS_GROUP = Param("group", "int", "the destination set (1)")
@@ -504,6 +523,14 @@ COMMANDS: dict[str, Command] = {
             PsOut,
             "The processes of the server (sipdlg: one event-loop process).",
             help="lists all processes used by OpenSIPS",
+        ),
+        _cmd(
+            "log_level",
+            "core",
+            [[], [P_LEVEL], [P_LEVEL, P_PID]],
+            LogLevelOut,
+            "The log level of each process, or set it (OpenSIPS's levels, -3 to 4).",
+            help="gets or sets the log level of one or all processes",
         ),
         _cmd(
             "help",
@@ -627,6 +654,7 @@ _RESULT_MODELS: tuple[type[BaseModel], ...] = (
     PsOut,
     HelpOut,
     DsListOut,
+    LogLevelOut,
     PikeListOut,
 )
 

@@ -3,7 +3,7 @@
 #   bash scripts/test.sh [pytest args...]
 # On a fresh Debian 12 + Python 3.11 machine (as root) it installs what the
 # tests need: the virtualenv .venv with the package and its [test] extra, SIPp
-# (Debian package sip-tester) and iproute2. Exit status is pytest's.
+# (Debian package sip-tester), redis-server and iproute2. Exit status is pytest's.
 set -euo pipefail
 # shellcheck source=scripts/_env.sh
 source "$(dirname "$0")/_env.sh"
@@ -11,6 +11,9 @@ cd "$SIPDLG_ROOT"
 
 if ! command -v sipp >/dev/null 2>&1; then
     apt_install sip-tester
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+    apt_install redis-server
 fi
 if ! command -v ip >/dev/null 2>&1; then
     apt_install iproute2

@@ -7,6 +7,7 @@ Fixtures:
 * ``sipp_uas(scenario="uas", **kw)`` factory → a started background SIPp
 * ``sipdlg_server(**opts)``  factory → a started :class:`helpers.SipdlgProcess`
 * ``free_port``              the :func:`helpers.free_port` function
+* ``redis_server``           a started :class:`helpers.redis_server.RedisServer` (``.url``)
 
 Every process started through a fixture is stopped at teardown; when the test
 failed, the tails of their logs are attached to the report.
@@ -28,6 +29,7 @@ from _pytest.runner import CallInfo
 from helpers import SipdlgProcess, Sipp, sipp_binary
 from helpers import free_port as _free_port
 from helpers.netns import in_netns, netns_support, run_pytest_item_in_netns
+from helpers.redis_server import RedisServer, redis_binary
 
 # ------------------------------------------------------------------ hooks
 
@@ -94,6 +96,19 @@ def sipp_bin() -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started ``redis-server`` on a free loopback port (``.url``), stopped at teardown."""
+    if redis_binary() is None:
+        msg = "redis-server not installed (apt-get install redis-server; scripts/test.sh does it)"
+        if os.environ.get("SIPDLG_REQUIRE_SIPP") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

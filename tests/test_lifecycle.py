@@ -331,3 +331,57 @@ def test_stray_cancel_gets_481(sipp: Factory, sipdlg_server: Server) -> None:
     res = sipp("uac_stray_cancel", remote=server.sip_address, calls=1, timeout=15).run()
     assert res.ok, res.describe()
     assert dialogs(server) == [] and ended(server)["count"] == 0
+
+
+# ------------------------------------------------------------- pings and CSeq numbering
+
+
+def test_caller_bye_after_pings_is_renumbered_above_the_pings(
+    sipp: Factory, sipp_uas: Factory, sipdlg_server: Server
+) -> None:
+    """SIPp's caller sends its BYE with CSeq 2 after two seconds; by then the proxy has
+    pinged the callee with CSeq 2 and more: the callee must get a higher number, the caller
+    its 200 with its own."""
+    caller, callee, server = start(
+        sipp,
+        sipp_uas,
+        sipdlg_server,
+        "uac",
+        "uas_answer_options",
+        uac_pause_ms=2500,
+        ping="callee",
+        ping_interval=1,
+    )
+    finish(caller)  # SIPp accepted the 200 for its BYE: the caller's own CSeq came back
+    (bye,) = callee.wait_received(method="BYE")
+    pings = [m for m in callee.received() if m.method == "OPTIONS"]
+    assert pings and cseq(bye) > max(cseq(p) for p in pings)
+    (rec,) = wait_ended(server)
+    assert rec["end_reason"] == "Downstream BYE"
+
+
+def test_reinvite_pings_keep_a_call_that_answers_them(
+    sipp: Factory, sipp_uas: Factory, sipdlg_server: Server
+) -> None:
+    caller, callee, server = start(
+        sipp,
+        sipp_uas,
+        sipdlg_server,
+        "uac_wait_bye",
+        "uas_answer_reinvite",
+        ping="callee",
+        ping_method="reinvite",
+        ping_interval=1,
+        ping_timeout=2,
+    )
+    d = wait_state(server, 4)
+    invites = callee.wait_received(method="INVITE", count=3, timeout=15)  # the call + 2 pings
+    pings = invites[1:]
+    assert all(p.header("Content-Type") == "application/sdp" and p.body for p in pings)
+    assert len(callee.wait_received(method="ACK", count=3, timeout=10)) >= 3  # ours, too
+    assert wait_state(server, 4)["ID"] == d["ID"]  # still up
+    assert mi(server, "dlg_end_dlg", {"dialog_id": d["ID"]}) == "OK"
+    finish(caller)
+    assert callee.wait_received(method="BYE")
+    (rec,) = wait_ended(server)
+    assert rec["end_reason"] == "MI Termination"

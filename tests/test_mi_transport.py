@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from test_mi_samples import check_dialog, raw_http
 
 from app.mi.http import check_mi_exposure, create_mi_app
 from engine.dialog import DlgState
+from schemas.mi import COMMANDS
 
 
 @pytest.fixture
@@ -347,6 +349,11 @@ async def test_pagination_edges(mi: Any) -> None:
     assert await page(2, -1) == {"count": 7, "Dialogs": full[2:]}
     assert await page(3, 0) == {"Dialogs": full}
     assert await page(1.9, 1) == {"count": 7, "Dialogs": full[1:2]}
+    # beyond 32 bits nothing wraps around to the first page
+    assert await page(2**70, 2) == {"count": 7, "Dialogs": []}
+    assert await page(2**32, 2) == {"count": 7, "Dialogs": []}
+    assert await page(str(2**70), "2") == {"count": 7, "Dialogs": []}
+    assert await page(1, 2**70) == {"count": 7, "Dialogs": full[1:]}
     # listing order is OpenSIPS's: bucket ascending
     entries = [int(i.split(".")[0][::-1], 16) for i in ids]
     assert entries == sorted(entries)
@@ -455,3 +462,39 @@ async def test_which_help_version_ps(mi: Any) -> None:
     assert procs[0]["ID"] == 0 and isinstance(procs[0]["PID"], int)
     up = (await call(port, "uptime"))["result"]
     assert list(up) == ["Now", "Up since", "Up time"]
+
+
+async def test_which_lists_every_command_and_help_answers_each(mi: Any) -> None:
+    _, port = await mi()
+    names = (await call(port, "which"))["result"]
+    assert names == list(COMMANDS)
+    for name in names:
+        got = (await call(port, "help", {"mi_cmd": name}))["result"]
+        assert got["Exported by"] == COMMANDS[name].module
+        # OpenSIPS's own words where it has them ("not available" for dlg_end_dlg, as it
+        # answers); ours for every command beyond OpenSIPS.
+        if COMMANDS[name].help is None:
+            assert got["Help"] == "not available for this command"
+        else:
+            assert got["Help"] == COMMANDS[name].help
+
+
+async def test_log_level_reads_and_sets_the_level_at_run_time(mi: Any) -> None:
+    _, port = await mi()
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        (proc,) = (await call(port, "log_level"))["result"]["Processes"]
+        assert proc == {"PID": os.getpid(), "Log level": 3, "Type": "sipdlg"}
+        assert (await call(port, "log_level", {"level": "4"}))["result"] == {
+            "New global log level": 4
+        }
+        assert root.level == logging.DEBUG
+        assert (await call(port, "log_level", [1, os.getpid()]))["result"] == {"Log level": 1}
+        assert root.level == logging.WARNING
+        bad = (await call(port, "log_level", {"level": 3, "pid": 1}))["error"]
+        assert bad == {"code": -32602, "message": "Invalid params", "data": "Bad PID"}
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(before)

@@ -324,6 +324,32 @@ def test_inline_commit_failure_keeps_dialogs_and_sends_anyway(tmp_path: Path) ->
     store.close()
 
 
+def test_a_failed_first_write_followed_by_an_ack_still_writes_the_whole_row(
+    tmp_path: Path,
+) -> None:
+    """The 200's row is in a commit that fails, and the ACK (a state-only change) came while
+    that commit was in flight: the next commit must write the whole row, not a state update
+    of a row that does not exist (a dialog lost from the store)."""
+    rig = Rig(report_changes=True)
+    store = SqliteStore(str(tmp_path / "d.db"), 4096)
+    db = rig.persistence = Persistence(rig.eng, store)
+    call = Call(1)
+    inv = one(rig.recv(call.invite()), method="INVITE")
+    ok = one(rig.recv(call.reply(inv, 200, "OK", sdp=True), src=CALLEE), status=200)
+    in_flight = db._changes()  # handed to the writer
+    assert in_flight is not None
+    rig.recv(call.ack(ok))  # meanwhile: state only
+    db._committed([in_flight], DbError("store unreachable"))  # the writer's answer
+    retry = db._changes()
+    assert retry is not None
+    (row,) = retry.changes[0]
+    assert len(row) == len(DIALOG_COLUMNS)  # the whole row again
+    store.write_batches([retry.changes])
+    (stored,) = store.load()
+    assert stored[DIALOG_COLUMNS.index("state")] == int(DlgState.CONFIRMED)
+    store.close()
+
+
 class Serving(NamedTuple):
     """A realtime store started as the server starts it, its writer process up."""
 

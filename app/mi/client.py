@@ -1,5 +1,9 @@
 """``sipdlg mi``: a stdlib-only MI client for scripts, mapping arguments like opensips-cli.
 
+An ``https://`` URL checks the MI's certificate against the system's CAs, or the ones in
+``--cacert FILE`` (``SIPDLG_MI_CACERT``); ``--insecure`` (``SIPDLG_MI_INSECURE=1``) skips the
+check, as curl's ``-k`` does.
+
 ``name=value`` arguments (all of them) become named params with string values; otherwise all
 arguments go positionally as strings.  For the statistics commands the values become one array
 (``sipdlg mi get_statistics dialog: core:`` sends ``[["dialog:","core:"]]``), as opensips-cli
@@ -15,6 +19,7 @@ import os
 import random
 import re
 import shlex
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -80,8 +85,10 @@ def call(
     *,
     token: str | None = None,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Any:
-    """One MI call; returns ``result`` or raises MiCallError with OpenSIPS's error text."""
+    """One MI call; returns ``result`` or raises MiCallError with OpenSIPS's error text.
+    ``tls``: how an https:// MI is checked (default: against the system's CAs)."""
     body = json.dumps(
         {
             "jsonrpc": "2.0",
@@ -95,13 +102,17 @@ def call(
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, body, headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as rpl:
+        with urllib.request.urlopen(req, timeout=timeout, context=tls) as rpl:
             raw = rpl.read()
     except urllib.error.HTTPError as exc:
         hint = " (use --token or SIPDLG_MI_TOKEN)" if exc.code == 401 else ""
         raise MiCallError(f"HTTP {exc.code} {exc.reason}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise MiCallError(f"cannot reach the MI at {url}: {exc}") from None
+        reason = getattr(exc, "reason", exc)
+        hint = ""
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = " (use --cacert FILE or SIPDLG_MI_CACERT)"
+        raise MiCallError(f"cannot reach the MI at {url}: {reason}{hint}") from None
     try:
         reply = json.loads(raw)
     except ValueError:
@@ -113,6 +124,16 @@ def call(
     if not isinstance(reply, dict) or "result" not in reply:
         raise MiCallError("-32603: Internal error")
     return reply["result"]
+
+
+def tls_context(cafile: str | None, insecure: bool) -> ssl.SSLContext:
+    """How the client checks an https:// MI: ``cafile``'s CAs (else the system's), or not at
+    all when ``insecure``."""
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def health_url(mi_url: str | None) -> str:
@@ -142,8 +163,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         default=os.environ.get("SIPDLG_MI_URL", DEFAULT_URL),
-        help=f"the MI to call: $SIPDLG_MI_URL when set, else {DEFAULT_URL} "
+        help=f"the MI to call, http:// or https://: $SIPDLG_MI_URL when set, else {DEFAULT_URL} "
         "(the address of `sipdlg serve --mi-listen`, path /mi; now %(default)s)",
+    )
+    p.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=os.environ.get("SIPDLG_MI_CACERT"),
+        help="PEM CAs an https:// MI's certificate must chain to (SIPDLG_MI_CACERT; "
+        "default: the system's)",
+    )
+    p.add_argument(
+        "-k",
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("SIPDLG_MI_INSECURE", "") in ("1", "true", "yes", "on"),
+        help="do not check an https:// MI's certificate (SIPDLG_MI_INSECURE=1)",
     )
     p.add_argument(
         "--token",
@@ -164,7 +199,14 @@ def main(argv: list[str]) -> int:
     opts = _parser().parse_args(argv)
     params = build_params(opts.method, opts.args, opts.as_json)
     try:
-        result = call(opts.url, opts.method, params, token=opts.token, timeout=opts.timeout)
+        tls = tls_context(opts.cacert, opts.insecure) if opts.url.startswith("https:") else None
+    except OSError as exc:  # a missing or unreadable CA file
+        print(f"error: --cacert {opts.cacert}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        result = call(
+            opts.url, opts.method, params, token=opts.token, timeout=opts.timeout, tls=tls
+        )
     except MiCallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from engine.dispatcher import DestinationSet, DsState
 from engine.dlg_records import RecordRing
 from engine.dlg_table import DialogTable
 from engine.stats import DIALOG_STATS, Stats
-from schemas.mi import COMMANDS
+from schemas.mi import COMMANDS, ParamsError
 
 from .format import dialog_json, to_wire
 
@@ -194,8 +194,9 @@ async def _list(service: DialogOps, params: BaseModel, ctx: bool) -> Any:
         return await _serialize(table, ctx, '{"Dialogs":')
     # OpenSIPS takes index/counter as unsigned ints: -1 is a huge index (empty page), counter
     # 0 turns pagination off (full list, no "count"), a negative counter is "all the rest".
-    idx = index & 0xFFFFFFFF
-    cnt = _get(params, "counter") & 0xFFFFFFFF
+    # A number beyond 32 bits does not wrap (2**70 is not 0): it is as huge as -1.
+    idx = _unsigned(index)
+    cnt = _unsigned(_get(params, "counter"))
     if cnt == 0:
         return await _serialize(table, ctx, '{"Dialogs":')
     total = len(table)
@@ -203,6 +204,14 @@ async def _list(service: DialogOps, params: BaseModel, ctx: bool) -> Any:
         return RawResult([to_wire(f'{{"count":{total},"Dialogs":[]}}')])
     rest = await _skip(table, idx)
     return await _serialize(_take(rest, cnt), ctx, f'{{"count":{total},"Dialogs":')
+
+
+def _unsigned(value: int) -> int:
+    """OpenSIPS's unsigned 32-bit reading of index/counter: negatives wrap, anything past
+    the range is the largest value."""
+    if -(1 << 31) <= value < (1 << 32):
+        return value & 0xFFFFFFFF
+    return 0xFFFFFFFF
 
 
 @handler("dlg_list")
@@ -465,6 +474,36 @@ async def version(service: DialogOps, params: BaseModel) -> Any:
 async def ps(service: DialogOps, params: BaseModel) -> Any:
     """sipdlg is one process: SIP, timers and the MI share its event loop."""
     return {"Processes": [{"ID": 0, "PID": os.getpid(), "Type": "sipdlg (SIP, timers, MI)"}]}
+
+
+#: OpenSIPS's log levels (L_ALERT -3 ... L_DBG 4) and Python's.
+OPENSIPS_LEVELS = {
+    -3: logging.CRITICAL,
+    -2: logging.CRITICAL,
+    -1: logging.ERROR,
+    0: logging.ERROR,
+    1: logging.WARNING,
+    2: logging.INFO,
+    3: logging.INFO,
+    4: logging.DEBUG,
+}
+PYTHON_LEVELS = {logging.CRITICAL: -2, logging.ERROR: -1, logging.WARNING: 1, logging.INFO: 3}
+
+
+@handler("log_level")
+async def log_level(service: DialogOps, params: BaseModel) -> Any:
+    """The level of sipdlg's one process, or set it, at run time (no restart)."""
+    root = logging.getLogger()
+    level = _get(params, "level")
+    if level is None:
+        current = PYTHON_LEVELS.get(root.getEffectiveLevel(), 4)
+        return {"Processes": [{"PID": os.getpid(), "Log level": current, "Type": "sipdlg"}]}
+    pid = _get(params, "pid")
+    if pid is not None and pid != os.getpid():
+        raise ParamsError("Bad PID")
+    log.warning("log level set to %d by the MI", level)
+    root.setLevel(OPENSIPS_LEVELS[min(max(level, -3), 4)])
+    return {"Log level": level} if pid is not None else {"New global log level": level}
 
 
 @handler("which")

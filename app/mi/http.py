@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -179,6 +180,9 @@ def _make_method(name: str) -> Callable[..., Awaitable[Result]]:
             raise JsonRpcError(INVALID_PARAMS[0], INVALID_PARAMS[1], exc.data) from None
         try:
             result = await handle(service, params)
+        except ParamsError as exc:  # a value the recipe's types admit but the command not
+            _count(service, name, "bad_params")
+            raise JsonRpcError(INVALID_PARAMS[0], INVALID_PARAMS[1], exc.data) from None
         except MiError as exc:
             _count(service, name, "error")
             raise JsonRpcError(exc.code, exc.message) from None
@@ -371,12 +375,15 @@ async def start_mi(
     allow: list[str] | None = None,
     max_body: int = 1 << 20,
     extend: Callable[[web.Application], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
-    """Create, bind and start the MI; the caller keeps the runner and calls ``cleanup()``."""
+    """Create, bind and start the MI (HTTPS with ``ssl_context``); the caller keeps the
+    runner and calls ``cleanup()``."""
     app = create_mi_app(service, token=token, allow=allow, max_body=max_body, extend=extend)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]"), port, reuse_address=True)
+    site = web.TCPSite(runner, host.strip("[]"), port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
-    log.info("MI listening on http://%s:%d/mi", host, port)
+    scheme = "https" if ssl_context is not None else "http"
+    log.info("MI listening on %s://%s:%d/mi", scheme, host, port)
     return runner

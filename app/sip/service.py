@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import logging
 import socket as socketlib
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -34,7 +35,9 @@ from ..observe.lifecycle import Lifecycle
 from ..observe.metrics import counter, gauge
 from ..observe.ratelog import RateLimitedLog, exception_cause
 from ..store.persistence import COMMIT_INTERVAL, Persistence
+from ..tls import TlsContexts, load_tls
 from .interfaces import local_addresses
+from .overload import OverloadControl, inode_of, udp_backlog
 from .resolver import FAILURE_TTL, Resolver
 from .transport import TcpConnection, UdpEndpoint
 
@@ -48,13 +51,21 @@ BUG_LOG_PERIOD = 60.0
 #: address they concern, so that a dead next hop fails over at once (ip(7), ipv6(7)).
 IP_RECVERR = getattr(socketlib, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socketlib, "IPV6_RECVERR", 25)
+#: Seconds a TLS peer has to finish its handshake, accepted or opened (asyncio's default: 60).
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class SipService:
     """Owns the engine and wires it to asyncio: feeds it bytes, flushes its outbox, ticks it."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop | None = None,
+        tls: TlsContexts | None = None,
+    ) -> None:
         self.settings = settings
+        self.tls = tls if tls is not None else load_tls(settings)
         self.loop = loop or asyncio.get_running_loop()
         self.version = VERSION
         self.revision: str | None = None
@@ -73,6 +84,7 @@ class SipService:
             bye_on_timeout=settings.bye_on_timeout,
             ping=settings.ping,
             ping_interval=settings.ping_interval,
+            ping_method=settings.ping_method,
             ping_timeout=settings.ping_timeout,
             race_condition_timeout=settings.race_condition_timeout,
             report_changes=settings.stores_changes(),
@@ -87,6 +99,8 @@ class SipService:
             transports={s.proto for s in self.sockets},
             families={s.family for s in self.sockets},
         )
+        #: The host name each TLS target address was resolved from (SNI, certificate check).
+        self._server_names: dict[tuple[str, int], str] = {}
         #: Transport errors: one WARNING per peer and cause a minute, however many messages
         #: meet it.
         self.transport_log = RateLimitedLog(log, 60.0)
@@ -103,7 +117,8 @@ class SipService:
         self._udp: dict[int, asyncio.DatagramTransport] = {}
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._conns: dict[int, TcpConnection] = {}
-        self._conn_by_peer: dict[tuple[str, int], TcpConnection] = {}
+        #: Stream connections by (proto, peer address, peer port), for reuse.
+        self._conn_by_peer: dict[tuple[str, str, int], TcpConnection] = {}
         self._next_conn = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = float("inf")
@@ -122,7 +137,18 @@ class SipService:
         self.bug_log = RateLimitedLog(log, BUG_LOG_PERIOD)
         #: What peers do, one line per cause and second at most (transports, resolution).
         self.peer_log = RateLimitedLog(logging.getLogger("sipdlg.transport"))
-        self.lifecycle.metric_sources += [self, self.gc]
+        self.overload = OverloadControl(
+            self.loop,
+            self._set_overload,
+            lambda: self.engine.stats.shed_invites,
+            lag_ms=settings.overload_lag_ms,
+            queue_kb=settings.overload_queue_kb,
+            recover=settings.overload_recover,
+            retry_after=settings.overload_retry_after,
+            backlog=lambda: udp_backlog(self._udp_inodes),
+        )
+        self._udp_inodes: list[int] = []
+        self.lifecycle.metric_sources += [self, self.gc, self.overload]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -135,13 +161,20 @@ class SipService:
         for sock in self.sockets:
             if sock.proto == "udp":
                 udp = _bind_udp(sock)
+                self._udp_inodes.append(inode_of(udp.fileno()))
                 transport, _ = await self.loop.create_datagram_endpoint(
                     functools.partial(UdpEndpoint, self, sock, udp), sock=udp
                 )
                 self._udp[id(sock)] = transport  # type: ignore[assignment]
             else:
+                tls = self.tls.server if sock.proto == "tls" else None
                 server = await self.loop.create_server(
-                    functools.partial(self._accept, sock), sock.host, sock.port, reuse_address=True
+                    functools.partial(self._accept, sock),
+                    sock.host,
+                    sock.port,
+                    reuse_address=True,
+                    ssl=tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
                 )
                 self._tcp_servers.append(server)
             log.info(
@@ -150,6 +183,7 @@ class SipService:
         self.listening = True
         self._sweeper = self.loop.create_task(self._sweep_idle())
         await self.lifecycle.start()
+        self.overload.start()
         if self.db is not None:
             # lifetime over while down: "Lifetime Timeout", BYEs
             self.db.expire(expired, self.loop.time())
@@ -178,6 +212,7 @@ class SipService:
         return {"sip": sip, "store": store}
 
     async def stop(self) -> None:
+        self.overload.stop()
         self.listening = False
         await self.lifecycle.stop()
         if self._sweeper:
@@ -270,6 +305,9 @@ class SipService:
             targets, ttl = [], FAILURE_TTL
         if not targets:
             self._warn(query.host, 0, "DNS: no address")
+        for target in targets:
+            if target.proto == "tls":  # its certificate must name the domain (RFC 5922 §4)
+                self._remember_server_name(target.host, target.port, query.host)
         try:
             self.engine.resolved(query, targets, ttl, self.loop.time())
         except Exception as exc:
@@ -278,6 +316,13 @@ class SipService:
                 exception_cause(exc), "error resuming requests for %s", query.host
             )
         self.flush()
+
+    def _remember_server_name(self, address: str, port: int, name: str) -> None:
+        """The name a TLS target was found by: sent as SNI and checked in its certificate
+        when the engine's Send names only the address."""
+        if len(self._server_names) > 10000:
+            self._server_names.clear()
+        self._server_names[(address, port)] = name
 
     def transport_error(self, proto: str, host: str, port: int, cause: str) -> None:
         """Nothing can reach ``proto:host:port``: the engine fails over at once."""
@@ -367,6 +412,9 @@ class SipService:
         self.flush()
         return len(restored)
 
+    def _set_overload(self, retry_after: int | None, share: float) -> None:
+        self.engine.set_overload(retry_after, self.loop.time(), share)
+
     def set_destination_state(self, address: str, state: str) -> bool:
         """MI ``ds_set_state``."""
         ok = self.engine.set_destination_state(address, state, self.loop.time())
@@ -450,7 +498,9 @@ class SipService:
             self._literal[host] = hit
         return hit
 
-    def _send(self, item: Send) -> None:
+    def _send(self, item: Send, server_name: str | None = None) -> None:
+        """Write ``item``; ``server_name`` is the host name it was resolved from (TLS: SNI and
+        the name the certificate must carry)."""
         if not self._is_literal(item.host):
             self.loop.create_task(self._resolve_and_send(item))
             return
@@ -462,9 +512,11 @@ class SipService:
             return
         conn = self._conns.get(item.conn) if item.conn is not None else None
         if conn is None or conn.closed:
-            conn = self._conn_by_peer.get((item.host, item.port))
+            conn = self._conn_by_peer.get((sock.proto, item.host, item.port))
         if conn is None or conn.closed:
-            conn = self._connect(sock, item.host, item.port)
+            if server_name is None and sock.proto == "tls":
+                server_name = self._server_names.get((item.host, item.port))
+            conn = self._connect(sock, item.host, item.port, server_name)
         conn.write(item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
@@ -472,9 +524,9 @@ class SipService:
         if address is None:
             self.transport_error(item.socket.proto, item.host, item.port, "DNS: no address")
             return
-        self._send(item._replace(host=address))
+        self._send(item._replace(host=address), server_name=item.host)
 
-    # -- TCP ----------------------------------------------------------------------------------
+    # -- TCP and TLS --------------------------------------------------------------------------
 
     def _new_conn(self, sock: Socket) -> TcpConnection:
         self._next_conn += 1
@@ -483,24 +535,40 @@ class SipService:
     def _accept(self, sock: Socket) -> TcpConnection:
         return self._new_conn(sock)
 
-    def _connect(self, sock: Socket, host: str, port: int) -> TcpConnection:
+    def _connect(
+        self, sock: Socket, host: str, port: int, server_name: str | None = None
+    ) -> TcpConnection:
+        """Open a connection to ``host:port``; what is written meanwhile waits in the
+        connection.  A TLS server must present a certificate for ``server_name`` (the host
+        name the target was resolved from, also sent as SNI) or else for the address.  A
+        connection that does not come up (refused, or TLS refused: a certificate that does
+        not verify, a handshake that fails or times out) is a transport error: the engine
+        fails over or answers 503 at once."""
         conn = self._new_conn(sock)
-        self._conn_by_peer[(host, port)] = conn
+        self._conn_by_peer[(sock.proto, host, port)] = conn
         self._conns[conn.conn_id] = conn
+        tls = self.tls.client if sock.proto == "tls" else None
 
         async def open_connection() -> None:
             try:
-                await self.loop.create_connection(lambda: conn, host, port)
-            except OSError as exc:
+                await self.loop.create_connection(
+                    lambda: conn,
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=(server_name or host) if tls else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
+                )
+            except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors too
                 conn.connection_lost(exc)
-                self.transport_error(sock.proto, host, port, f"connect: {exc.strerror or exc}")
+                self.transport_error(sock.proto, host, port, failure_cause(exc))
 
         self.loop.create_task(open_connection())
         return conn
 
     def tcp_opened(self, conn: TcpConnection) -> None:
         self._conns[conn.conn_id] = conn
-        self._conn_by_peer[conn.peer] = conn
+        self._conn_by_peer[(conn.socket.proto, *conn.peer)] = conn
         self.engine.stream_opened()
 
     def stream_failed(self, conn: TcpConnection, error: SipError, head: bytes) -> None:
@@ -534,6 +602,17 @@ class SipService:
             for conn in list(self._conns.values()):
                 if conn.last_active < cutoff:
                     conn.close()
+
+
+def failure_cause(exc: OSError) -> str:
+    """Why a connection failed, in words fit for a log line and a Reason header."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "connect: timed out"
+    return f"connect: {exc.strerror or exc}"
 
 
 def _bind_udp(sock: Socket) -> socketlib.socket:

@@ -1,7 +1,8 @@
-"""asyncio transports around the engine: UDP endpoints and TCP connections (both directions).
+"""asyncio transports around the engine: UDP endpoints and stream connections, TCP or TLS
+(asyncio's TLS transport hands the same protocol the decrypted bytes), in both directions.
 
 Thin on purpose: bytes in go to :meth:`SipService.feed`, bytes out come from the engine's outbox.
-A TCP peer's garbage closes only that peer's connection.
+A stream peer's garbage closes only that peer's connection.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection, accepted or opened by us; framed by Content-Length."""
+    """One TCP or TLS connection, accepted or opened by us; framed by Content-Length."""
 
     def __init__(self, service: SipService, socket: Socket, conn_id: int) -> None:
         self.service = service

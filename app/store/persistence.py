@@ -63,6 +63,8 @@ WRITER_RESPAWN_DELAY = 1.0
 WRITER_RETRY_DELAY = 30.0
 #: A commit group in flight this long is reported (the log, at most every STALL_LOG_EVERY s).
 STALL_AFTER = 2.0
+#: Seconds between retries of an unreachable store when nothing else triggers a commit.
+DEGRADED_RETRY = 1.0
 STALL_LOG_EVERY = 10.0
 #: The hourly prune deletes this many records per statement, PRUNE_PAUSE seconds apart.
 PRUNE_STEP = 2000
@@ -85,13 +87,15 @@ class _CommitWriter(Protocol):
 class _Batch:
     """One flush's changes, the dialogs they came from, and the messages waiting for them."""
 
-    __slots__ = ("changes", "dialogs", "held", "started")
+    __slots__ = ("changes", "dialogs", "held", "started", "fresh")
 
     def __init__(self, changes: ChangeSet, dialogs: list[Dialog], held: list[Any]) -> None:
         self.changes = changes
         self.dialogs = dialogs
         self.held = held
         self.started = time.monotonic()
+        #: db_ids whose first row this batch writes: not stored if it fails.
+        self.fresh: list[int] = []
 
 
 class _Writer(threading.Thread):
@@ -217,6 +221,9 @@ class Persistence:
         self.respawn_at = 0.0
         self.writer_restarts = 0
         self.closed = False
+        #: Realtime on a network store (Redis) that stopped answering: messages no longer
+        #: wait for commits until one succeeds again (``sipdlg_db_degraded``).
+        self.degraded = False
         self._last_stall_log = -STALL_LOG_EVERY
         #: Realtime: how long held messages waited for their commit (``/metrics``).
         self.commit_time = Histogram(LOOP_BUCKETS)
@@ -254,6 +261,7 @@ class Persistence:
         wall_offset = eng.wall_offset
         now = eng.wall()
         state_only = self.state_only
+        fresh = []
         for dlg in dirty:
             state = dlg.state
             if state in STORED_STATES:
@@ -261,12 +269,15 @@ class Persistence:
                     upserts.append(state_row(dlg, now))
                 else:
                     upserts.append(dialog_row(dlg, wall_offset, now))
+                    if dlg.db_id not in persisted:
+                        fresh.append(dlg.db_id)
                 persisted.add(dlg.db_id)
             elif state is DlgState.DELETED and dlg.db_id in persisted:
                 deletes.append(dlg.db_id)
                 persisted.discard(dlg.db_id)
         ended = list(self.pending_ended)
         batch = _Batch((upserts, deletes, ended), list(dirty), [])
+        batch.fresh = fresh
         dirty.clear()
         state_only.clear()
         self.dirty_callids.clear()
@@ -279,6 +290,9 @@ class Persistence:
         """A failed write: its dialogs are dirty again, its records pending again."""
         upserts, deletes, ended = batch.changes
         self.persisted.update(deletes)
+        # Rows it would have written first are not stored: the next write must be whole
+        # rows for them, not one-column state updates of rows that do not exist.
+        self.persisted.difference_update(batch.fresh)
         self.dirty.update(batch.dialogs)
         self.pending_ended.extendleft(reversed(ended))
 
@@ -400,6 +414,14 @@ class Persistence:
         pays one hand-off per group, not per message.  None: the group is not due yet, the
         messages wait (see :meth:`dispatch`)."""
         items = self._take_waiting(outbox)
+        if self.degraded:
+            # The store is unreachable: calls must not wait for it.  Changes are still
+            # handed over, one group at a time, which is also how its return is noticed.
+            due = not self.in_flight and now >= self.last_commit + DEGRADED_RETRY
+            if (self.dirty or self.pending_ended) and due:
+                self.last_commit = now
+                self.submit([])
+            return items
         if self.dirty or self.pending_ended:
             if self.in_flight or now < self.last_commit + COMMIT_INTERVAL:
                 self.waiting = items
@@ -417,8 +439,22 @@ class Persistence:
             for b in batches:
                 self._undo(b)
             self._failed(error)  # the messages still go: calls must not stall on a bad disk
+            if not self.degraded and self.writer_thread:
+                self.degraded = True
+                log.warning(
+                    "%s is unreachable: calls go on without waiting for it, their changes "
+                    "are kept and written when it answers again",
+                    self.store.where,
+                )
+            if self.degraded and self.wake is not None:
+                asyncio.get_running_loop().call_later(DEGRADED_RETRY, self.wake)
         else:
             self._count(batches)
+            if self.degraded:
+                self.degraded = False
+                log.warning(
+                    "%s answers again: changes written, commits in realtime again", self.store.where
+                )
         release = self.release
         unsettled = self.unsettled
         now = time.monotonic()
@@ -529,6 +565,8 @@ class Persistence:
                     self.uncommitted_dialogs())  # fmt: skip
         yield gauge("sipdlg_db_held_messages", "Realtime: messages waiting for their commit",
                     self.held_messages())  # fmt: skip
+        yield gauge("sipdlg_db_degraded", "1 while the store does not answer and calls go on "
+                    "without waiting for it", int(self.degraded))  # fmt: skip
         yield histogram(
             "sipdlg_db_commit_seconds",
             "Realtime: from a group's hand-off to its commit (held messages wait this long)",
@@ -740,14 +778,24 @@ def open_persistence(settings: Any, engine: Engine) -> Persistence | None:
         log.info("dialog persistence off (--db none): dialogs live in memory only")
         return None
     data_dir = os.path.abspath(settings.data_dir or ".")
-    if os.path.abspath(path).startswith(data_dir + os.sep):  # --data-dir is made if missing
+    remote = "://" in path  # a Redis server, not a file
+    if not remote and os.path.abspath(path).startswith(data_dir + os.sep):  # made if missing
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         except OSError as exc:
             raise DbError(f"cannot create --data-dir {settings.data_dir}: {exc.strerror}") from None
-    store = open_store(
-        settings.db, settings.hash_size, data_dir=settings.data_dir, synchronous=settings.db_sync
-    )
+    store: DialogStore | None
+    if remote:
+        from .redis_store import RedisStore
+
+        store = RedisStore(path, settings.hash_size, str(settings.node_id))
+    else:
+        store = open_store(
+            settings.db,
+            settings.hash_size,
+            data_dir=settings.data_dir,
+            synchronous=settings.db_sync,
+        )
     assert store is not None
     log.info("dialog persistence: %s, db_mode %s", store.where, settings.db_mode)
     return Persistence(
@@ -756,5 +804,6 @@ def open_persistence(settings: Any, engine: Engine) -> Persistence | None:
         mode=settings.db_mode,
         update_period=settings.db_update_period,
         retention=settings.ended_retention,
-        writer_thread=settings.db_sync == "full",
+        # Redis's round trips wait on a thread of their own; SQLite's commits in a process.
+        writer_thread=settings.db_sync == "full" or remote,
     )

@@ -196,7 +196,7 @@ SYNCHRONOUS = ("off", "normal", "full")
 
 
 def parse_db_url(url: str, data_dir: str = ".") -> str | None:
-    """``--db`` value to a SQLite file path; None for ``none``.
+    """``--db`` value to a SQLite file path (a ``redis://`` URL as it is); None for ``none``.
 
     ``sqlite:///rel/path.db`` and ``sqlite:////abs/path.db`` (SQLAlchemy style), ``sqlite:PATH``
     and a bare path are accepted; a relative path is taken under ``data_dir``.
@@ -204,6 +204,8 @@ def parse_db_url(url: str, data_dir: str = ".") -> str | None:
     text = url.strip()
     if text.lower() in ("none", "", "memory", "off"):
         return None
+    if text.lower().startswith(("redis://", "rediss://")):
+        return text  # not a file: app/store/redis_store.py
     if text.lower().startswith("sqlite:"):
         rest = text[len("sqlite:") :]
         if rest.startswith("///"):
@@ -212,7 +214,9 @@ def parse_db_url(url: str, data_dir: str = ".") -> str | None:
             raise ValueError(f"--db: {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
         text = rest
     elif "://" in text:
-        raise ValueError(f"--db: unsupported database {url!r} (only sqlite:///PATH or none)")
+        raise ValueError(
+            f"--db: unsupported database {url!r} (sqlite:///PATH, redis://HOST:PORT/DB or none)"
+        )
     if not text:
         raise ValueError(f"--db: {url!r} names no file")
     return text if os.path.isabs(text) else os.path.join(data_dir, text)
@@ -472,7 +476,8 @@ def ended_row(record: dict[str, Any]) -> tuple[Any, ...]:
 def open_store(
     url: str, hash_size: int, *, data_dir: str = ".", synchronous: str = "normal"
 ) -> DialogStore | None:
-    """The store named by ``--db`` (None for ``none``); raises DbError with a one-line reason."""
+    """The SQLite store named by ``--db`` (None for ``none``); raises DbError with a one-line
+    reason.  (A ``redis://`` URL is opened by ``persistence.open_persistence``.)"""
     try:
         path = parse_db_url(url, data_dir)
     except ValueError as exc:
